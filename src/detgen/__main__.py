@@ -1,0 +1,5 @@
+import sys
+
+from detgen.cli import main
+
+sys.exit(main())

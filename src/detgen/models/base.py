@@ -1,0 +1,129 @@
+"""The model-family interface the trainer drives, and the sampler every family exposes.
+
+A family works in model space (preprocessed targets and encoded conditions):
+
+* ``loss(targets, conditions)``  scalar training loss (negative log-likelihood for flows);
+* ``generator()``                 a module ``(noise, conditions) -> targets`` in model space;
+* ``noise_dim``                   the width of the noise the generator consumes;
+* ``fit(targets, conditions)``    for families fitted in closed form (``trainable = False``);
+* ``log_prob(targets, conditions)`` optionally.
+
+:class:`Sampler` wraps a generator with the preprocessing so that it maps noise and physical conditions
+to physical targets; it is the single graph used by ``generate``, ONNX export and distributed generation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from detgen.preprocessing import Preprocessor
+
+
+class ModelFamily(nn.Module):
+    """Base class of every model family."""
+
+    #: False for closed-form models (histogram sampling): the trainer calls ``fit`` once instead of a loop.
+    trainable: bool = True
+    noise_dim: int = 1
+
+    def loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def generator(self) -> nn.Module:
+        raise NotImplementedError
+
+    def fit(self, targets: Tensor, conditions: Tensor) -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__} is trained by gradient descent, not fit()")
+
+    def log_prob(self, targets: Tensor, conditions: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no tractable density")
+
+
+class GroupedGenerator(nn.Module):
+    """Routes rows to one generator per group by the group code in the first condition feature."""
+
+    def __init__(self, members: dict[str, nn.Module], n_targets: int):
+        super().__init__()
+        self.members = nn.ModuleList(members.values())
+        self.n_targets = n_targets
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        code, rest = conditions[:, 0], conditions[:, 1:]
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+            # a static graph: evaluate every member and select (no data-dependent shapes)
+            out = torch.zeros(noise.shape[0], self.n_targets, dtype=noise.dtype, device=noise.device)
+            for g, member in enumerate(self.members):
+                out = torch.where((code == g).unsqueeze(1), member(noise, rest), out)
+            return out
+        out = torch.full((noise.shape[0], self.n_targets), float("nan"), dtype=noise.dtype, device=noise.device)
+        for g, member in enumerate(self.members):
+            rows = torch.nonzero(code == g).squeeze(1)
+            if rows.numel():
+                out[rows] = member(noise[rows], rest[rows])
+        return out
+
+
+class GroupedModel(ModelFamily):
+    """Independent models, one per group (e.g. one per species), trained together by one trainer.
+
+    The training loss is the row-weighted sum of the members' losses, and members share no parameters,
+    so each member's gradient comes only from its own rows, exactly as if trained alone.
+    """
+
+    def __init__(self, members: dict[str, ModelFamily]):
+        super().__init__()
+        self.group_names = list(members)
+        self.members = nn.ModuleDict({_key(g): m for g, m in members.items()})
+        first = next(iter(members.values()))
+        self.trainable = first.trainable
+        self.noise_dim = first.noise_dim
+
+    def _split(self, conditions: Tensor) -> list[tuple[ModelFamily, Tensor]]:
+        code = conditions[:, 0]
+        return [(self.members[_key(g)], torch.nonzero(code == i).squeeze(1)) for i, g in enumerate(self.group_names)]  # type: ignore[misc]
+
+    def loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
+        total = targets.new_zeros(())
+        for member, rows in self._split(conditions):
+            if rows.numel():
+                total = total + member.loss(targets[rows], conditions[rows, 1:]) * rows.numel()
+        return total / targets.shape[0]
+
+    def fit(self, targets: Tensor, conditions: Tensor) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        for (member, rows), name in zip(self._split(conditions), self.group_names):
+            if rows.numel() == 0:
+                continue
+            for k, v in member.fit(targets[rows], conditions[rows, 1:]).items():
+                info[f"{k}_{name}"] = v
+        return info
+
+    def generator(self) -> nn.Module:
+        n_targets = int(getattr(next(iter(self.members.values())), "n_targets", 1))
+        return GroupedGenerator({g: self.members[_key(g)].generator() for g in self.group_names}, n_targets)  # type: ignore[operator]
+
+
+def _key(group: str) -> str:
+    """ModuleDict keys cannot contain '.', and '+'/'-' read badly in weight names: make them plain."""
+    return group.replace("+", "plus").replace("-", "minus").replace(".", "_")
+
+
+class Sampler(nn.Module):
+    """``forward(noise, conditions) -> targets``, all in physical units (the one exported graph).
+
+    ``conditions`` columns are ``preprocessor.input_columns`` (label columns as integer codes);
+    the output columns are ``preprocessor.target_columns``. Deterministic given the noise.
+    """
+
+    def __init__(self, generator: nn.Module, preprocessor: Preprocessor, noise_dim: int):
+        super().__init__()
+        self.generator = generator
+        self.preprocessor = preprocessor
+        self.noise_dim = noise_dim
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        encoded = self.preprocessor.encode_conditions(conditions)
+        return self.preprocessor.decode_targets(self.generator(noise, encoded))
