@@ -55,7 +55,7 @@ def category_codes(values: np.ndarray, categories: Sequence[str], column: str, s
     lookup = {label: i for i, label in enumerate(categories)}
     labels = np.asarray(values).astype(str)
     unique = np.unique(labels)
-    unknown = [u for u in unique if u not in lookup]
+    unknown = [str(u) for u in unique if u not in lookup]
     if unknown:
         raise DataError(
             f"{source}: column {column!r} has unknown label(s) {', '.join(map(repr, unknown[:5]))} "

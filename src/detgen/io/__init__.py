@@ -59,15 +59,9 @@ __all__ = [
 ]
 
 
-def _check_options(path: Path, file_kind: str, *, tree: str | None, key: str | None) -> None:
-    """Raise a ConfigError for an option that the file's format does not use."""
-    if tree is not None and file_kind != "root":
-        raise ConfigError(f"{path}: tree='{tree}' applies to ROOT files only; this is a {file_kind} file")
-    if key is not None and file_kind != "hdf5":
-        raise ConfigError(f"{path}: key='{key}' applies to HDF5 files only; this is a {file_kind} file")
-
-
-def _read(path: Path, file_kind: str, columns: Sequence[str] | None, tree: str | None, key: str | None) -> Table:
+def _read(
+    path: Path, file_kind: str, columns: Sequence[str] | None, tree: str | None, key: str | None
+) -> Table:
     if file_kind == "parquet":
         return read_parquet(path, columns)
     if file_kind == "root":
@@ -88,17 +82,18 @@ def read_table(
         path: the file; its extension says the format.
         columns: the columns to read, in this order; None reads every flat column (ROOT: every flat numeric
             branch; jagged branches such as ``Photon_pt`` are never columns).
-        tree: ROOT only, the TTree to read; optional when the file holds exactly one TTree.
-        key: HDF5 only, a group of 1-D datasets (default: the file root) or a compound dataset.
+        tree: ROOT only (ignored for other formats, so one data config can name files of any format): the
+            TTree to read; optional when the file holds exactly one TTree.
+        key: HDF5 only (ignored for other formats): a group of 1-D datasets (default: the file root) or a
+            compound dataset.
 
     Raises:
         DataError: missing, empty (0 bytes or 0 rows), truncated or corrupt file; unknown extension; missing,
             misspelled or non-flat column; columns of different lengths.
-        ConfigError: ``tree`` for a non-ROOT file or ``key`` for a non-HDF5 file.
+        ConfigError: ``columns`` given as a single string or as an empty list.
     """
     path = Path(path)
     file_kind = file_format(path)
-    _check_options(path, file_kind, tree=tree, key=key)
     if isinstance(columns, str):
         raise ConfigError(f"{path}: columns='{columns}' is a string; expected a list of column names")
     if columns is not None:
@@ -138,8 +133,8 @@ class TableWriter:
 
     Args:
         path: the output file; its extension says the format.
-        tree: ROOT only, the name of the TTree.
-        key: HDF5 only, the group that holds the columns (default: the file root).
+        tree: ROOT only (ignored for other formats), the name of the TTree.
+        key: HDF5 only (ignored for other formats), the group that holds the columns (default: the file root).
 
     Example:
         >>> import numpy as np, tempfile, pathlib
@@ -154,7 +149,6 @@ class TableWriter:
     def __init__(self, path: PathLike, *, tree: str = "events", key: str | None = None) -> None:
         self.path = Path(path)
         self._kind = file_format(self.path)
-        _check_options(self.path, self._kind, tree=None, key=key)
         self._tree = tree
         self._key = key
         self._temporary: Path | None = None
@@ -226,9 +220,10 @@ def write_table(path: PathLike, table: Table, *, tree: str = "events", key: str 
     Args:
         path: the output file; its extension says the format. An existing file is replaced.
         table: equal-length 1-D numeric or str columns.
-        tree: ROOT only, the TTree's name; string columns are stored as int32 codes plus a ``<tree>__labels``
-            TObjString (see ``detgen.io.root``), and read back as strings.
-        key: HDF5 only, the group that holds one dataset per column (default: the file root).
+        tree: ROOT only (ignored for other formats), the TTree's name; string columns are stored as int32 codes
+            plus a ``<tree>__labels`` TObjString (see ``detgen.io.root``), and read back as strings.
+        key: HDF5 only (ignored for other formats), the group that holds one dataset per column (default: the
+            file root).
 
     Raises:
         DataError: an empty table, a bad column, columns of different lengths, a missing output directory.

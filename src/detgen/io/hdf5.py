@@ -92,7 +92,9 @@ def _read_group(group: h5py.Group, columns: Sequence[str] | None, path: Path) ->
     for name in columns:
         node = group[name]
         if not _is_column(node):
-            raise DataError(f"{source}: '{name}' is {_describe(node)}; expected a 1-D numeric or string dataset")
+            raise DataError(
+                f"{source}: '{name}' is {_describe(node)}; expected a 1-D numeric or string dataset"
+            )
         table[name] = _as_column(node[()], node.dtype)
     return table
 
@@ -110,7 +112,9 @@ def _read_compound(dataset: h5py.Dataset, columns: Sequence[str] | None, path: P
     require_columns(list(fields), columns, source=source)
     for name in columns:
         if not _is_flat_dtype(dataset.dtype[name]):
-            raise DataError(f"{source}: field '{name}' has dtype {dataset.dtype[name]}; expected one value per row")
+            raise DataError(
+                f"{source}: field '{name}' has dtype {dataset.dtype[name]}; expected one value per row"
+            )
     records = dataset[()]
     return {name: _as_column(records[name], dataset.dtype[name]) for name in columns}
 

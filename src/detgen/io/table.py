@@ -92,7 +92,9 @@ def check_table(table: Mapping[str, object], *, source: str) -> Table:
     return checked
 
 
-def check_same_schema(reference: Mapping[str, np.ndarray], table: Mapping[str, np.ndarray], *, source: str) -> None:
+def check_same_schema(
+    reference: Mapping[str, np.ndarray], table: Mapping[str, np.ndarray], *, source: str
+) -> None:
     """Raise a SchemaError unless ``table`` has the columns and dtypes of ``reference`` (a previous batch)."""
     missing = [name for name in reference if name not in table]
     extra = [name for name in table if name not in reference]
@@ -262,9 +264,7 @@ def file_format(path: PathLike) -> str:
     """The format ("parquet", "root" or "hdf5") that ``path``'s extension names, or a DataError."""
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise DataError(
-            f"{path}: unknown file extension '{suffix}'; expected one of {', '.join(FORMATS)}"
-        )
+        raise DataError(f"{path}: unknown file extension '{suffix}'; expected one of {', '.join(FORMATS)}")
     return FORMATS[suffix]
 
 

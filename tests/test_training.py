@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from detgen.config import config_from_dict
+from detgen.errors import ConfigError, SchemaError
+from detgen.io import write_table
+from detgen.training import learning_rate, train
+
+from conftest import toy_config, toy_table
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def run(tmp_path: Path, toy_file: Path, name: str, raw: dict | None = None, **kwargs) -> Path:
+    config = config_from_dict(raw or toy_config())
+    return train(config, toy_file, tmp_path / name, progress=False, log=quiet, **kwargs)
+
+
+def history(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "history.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def test_run_dir_is_complete(tmp_path: Path, toy_file: Path) -> None:
+    run_dir = run(tmp_path, toy_file, "a")
+    for name in ("config.yaml", "model.safetensors", "preprocessing.json", "meta.json", "history.csv",
+                 "checkpoints/last.safetensors", "checkpoints/last.json"):
+        assert (run_dir / name).is_file(), name
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["schema"]["input_columns"] == ["species", "p", "theta", "nhits"]
+    assert len(meta["data"]["sha256"]) == 64 and meta["epochs_completed"] == 3
+    rows = history(run_dir)
+    metrics = [float(r["mean_wasserstein"]) for r in rows]
+    assert meta["best_epoch"] == 1 + metrics.index(min(metrics))
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_same_seed_gives_bitwise_identical_weights(tmp_path: Path, toy_file: Path) -> None:
+    a = run(tmp_path, toy_file, "a", epochs=2)
+    b = run(tmp_path, toy_file, "b", epochs=2)
+    c = run(tmp_path, toy_file, "c", epochs=2, seed=5)
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path, toy_file: Path) -> None:
+    full = run(tmp_path, toy_file, "full", epochs=3)
+    part = run(tmp_path, toy_file, "part", epochs=1)
+    train(config_from_dict(toy_config()), toy_file, part, epochs=3, resume=True, progress=False, log=quiet)
+    for name in ("model.safetensors", "checkpoints/last.safetensors"):
+        assert (full / name).read_bytes() == (part / name).read_bytes(), name
+    assert history(full) == history(part)
+
+
+def test_killed_run_resumes_exactly(tmp_path: Path, toy_file: Path, write_config) -> None:
+    raw = toy_config(training__epochs=6)
+    config_path = write_config(raw)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "detgen", "--no-progress", "train", str(config_path), "--data", str(toy_file),
+           "-o", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "history.csv").is_file() and len(history(killed)) >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    epochs_done = len(history(killed))
+    assert 1 <= epochs_done
+    subprocess.run([*cmd, "--resume"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    full = run(tmp_path, toy_file, "full", raw=raw)
+    assert (full / "model.safetensors").read_bytes() == (killed / "model.safetensors").read_bytes()
+    assert history(full) == history(killed)
+
+
+def test_resume_refuses_a_changed_config_or_data(tmp_path: Path, toy_file: Path) -> None:
+    run_dir = run(tmp_path, toy_file, "a", epochs=1)
+    with pytest.raises(ConfigError, match="training.lr"):
+        train(config_from_dict(toy_config(training__lr=0.1)), toy_file, run_dir, resume=True, progress=False, log=quiet)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(tmp_path, toy_file, "a")
+    other = tmp_path / "other.parquet"
+    write_table(other, toy_table(4000, seed=9))
+    with pytest.raises(SchemaError, match="sha256"):
+        train(config_from_dict(toy_config()), other, run_dir, resume=True, progress=False, log=quiet)
+
+
+def test_learning_rate_schedules() -> None:
+    step = config_from_dict(toy_config(training={"lr": 1e-3, "schedule": {"kind": "step", "step_epochs": 10}})).training
+    assert [learning_rate(step, e) for e in (0, 9, 10, 25)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
+    power = config_from_dict(toy_config(training={"lr": 1e-3, "epochs": 11,
+                                                  "schedule": {"kind": "power", "final_lr": 1e-5}})).training
+    lrs = [learning_rate(power, e) for e in range(11)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5) and lrs[5] == pytest.approx(1e-4)
+
+
+def test_histogram_and_species_condition_train(tmp_path: Path, toy_file: Path) -> None:
+    hist = run(tmp_path, toy_file, "hist", raw=toy_config(model={"family": "histogram", "condition_bins": 4}))
+    assert len(history(hist)) == 1
+    cond = toy_config(data={"conditions": ["species", "p", "theta", "nhits"], "categorical": ["species"],
+                            "targets": ["dedx"], "transforms": {"p": "log", "dedx": "log"}})
+    run_dir = run(tmp_path, toy_file, "cond", raw=cond, epochs=1)
+    assert json.loads((run_dir / "preprocessing.json").read_text())["conditions"][0]["kind"] == "onehot"
+
+
+def test_flow_learns_the_toy_better_than_chance(tmp_path: Path, toy_file: Path) -> None:
+    rows = history(run(tmp_path, toy_file, "a", epochs=4))
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+    assert min(float(r["mean_wasserstein"]) for r in rows) < 0.15
