@@ -431,8 +431,8 @@ def test_require_columns_message() -> None:
             source="conditions.parquet",
         )
     assert str(error.value) == (
-        "conditions.parquet: missing columns 'thetaa' (did you mean 'theta'?), 'nhits' (did you mean 'nhit'?) "
-        "(expected p, thetaa, nhits; file has p, theta, nhit)"
+        "conditions.parquet: missing columns 'thetaa' (did you mean 'theta'?), "
+        "'nhits' (did you mean 'nhit'?) (expected p, thetaa, nhits; file has p, theta, nhit)"
     )
     require_columns(["p", "theta"], ["theta"], source="ok.parquet")
 

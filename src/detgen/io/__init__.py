@@ -1,8 +1,8 @@
 """The data layer: read and write tables of named columns as Parquet, ROOT (TTree) or HDF5.
 
-A table is a ``dict[str, np.ndarray]`` of equal-length 1-D columns, numeric or object arrays of ``str``. The
-format follows from the file extension (see ``FORMATS``). Writes are atomic: the data goes to a hidden temporary
-file in the target directory, which is renamed onto the target only when everything was written.
+A table is a ``dict[str, np.ndarray]`` of equal-length 1-D columns, numeric or object arrays of ``str``.
+The format follows from the file extension (see ``FORMATS``). Writes are atomic: the data goes to a hidden
+temporary file in the target directory, which is renamed onto the target only when everything was written.
 
 Example:
     >>> import numpy as np, tempfile, pathlib
@@ -126,10 +126,11 @@ def _batch_writer(path: Path, file_kind: str, tree: str, key: str | None) -> _Ba
 class TableWriter:
     """Write a table batch by batch (generation streams its output this way), atomically.
 
-    Every batch must have the columns and dtypes of the first one. Parquet writes one row group per batch, HDF5
-    grows resizable datasets, ROOT extends the TTree ``tree`` (string columns as codes, see ``detgen.io.root``).
-    The data goes to a hidden temporary file next to ``path``; a clean exit from the with-block renames it onto
-    ``path`` (replacing an existing file), an exception deletes it and leaves ``path`` untouched.
+    Every batch must have the columns and dtypes of the first one. Parquet writes one row group per batch,
+    HDF5 grows resizable datasets, ROOT extends the TTree ``tree`` (string columns as codes, see
+    ``detgen.io.root``). The data goes to a hidden temporary file next to ``path``; a clean exit from the
+    with-block renames it onto ``path`` (replacing an existing file), an exception deletes it and leaves
+    ``path`` untouched.
 
     Args:
         path: the output file; its extension says the format.
@@ -220,8 +221,8 @@ def write_table(path: PathLike, table: Table, *, tree: str = "events", key: str 
     Args:
         path: the output file; its extension says the format. An existing file is replaced.
         table: equal-length 1-D numeric or str columns.
-        tree: ROOT only (ignored for other formats), the TTree's name; string columns are stored as int32 codes
-            plus a ``<tree>__labels`` TObjString (see ``detgen.io.root``), and read back as strings.
+        tree: ROOT only (ignored for other formats), the TTree's name; string columns are stored as int32
+            codes plus a ``<tree>__labels`` TObjString (see ``detgen.io.root``), and read back as strings.
         key: HDF5 only (ignored for other formats), the group that holds one dataset per column (default: the
             file root).
 

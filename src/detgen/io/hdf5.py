@@ -1,8 +1,8 @@
 """HDF5 tables via h5py: a group of 1-D datasets (one per column) or one compound (structured) dataset.
 
-Writing always produces the group layout: one resizable, chunked 1-D dataset per column under ``key`` (the file
-root when ``key`` is None), in the table's column order (the group tracks creation order). String columns are
-variable-length UTF-8 datasets.
+Writing always produces the group layout: one resizable, chunked 1-D dataset per column under ``key`` (the
+file root when ``key`` is None), in the table's column order (the group tracks creation order). String
+columns are variable-length UTF-8 datasets.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Parquet tables via pyarrow: one column per table column, strings as Arrow ``string``, one row group per batch."""
+"""Parquet tables via pyarrow: one Arrow column per column (str as ``string``), one row group per batch."""
 
 from __future__ import annotations
 

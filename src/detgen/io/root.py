@@ -1,15 +1,16 @@
 """ROOT TTrees via uproot: flat branches are columns; string columns are stored as integer codes.
 
 Reading: a column is a branch with one numeric value per entry (``run``, ``nPhoton``, ``MET_pt``). Jagged
-branches (``Photon_pt``: one value per photon), fixed-size arrays and objects are not columns; asking for one is
-a DataError that names it. A ``char*`` / ``std::string`` branch is read as a string column when asked for by
-name, but ``columns=None`` reads only the flat numeric branches.
+branches (``Photon_pt``: one value per photon), fixed-size arrays and objects are not columns; asking for one
+is a DataError that names it. A ``char*`` / ``std::string`` branch is read as a string column when asked for
+by name, but ``columns=None`` reads only the flat numeric branches.
 
-How string columns are stored: uproot cannot write string branches, so a string column ``species`` is written
-as an ``int32`` branch ``species`` of codes 0, 1, 2, ... and its labels go into a ``TObjString`` next to the
-tree, named ``<tree>__labels``, holding JSON ``{"species": ["e", "mu", "pi"]}``: the label of code ``i`` is
-entry ``i`` of the list. ``read_root`` turns the codes back into strings, so a round trip is exact. In ROOT
-itself: ``json.loads(file["events__labels"])`` in uproot, ``file->Get<TObjString>("events__labels")`` in C++.
+How string columns are stored: uproot cannot write string branches, so a string column ``species`` is
+written as an ``int32`` branch ``species`` of codes 0, 1, 2, ... and its labels go into a ``TObjString`` next
+to the tree, named ``<tree>__labels``, holding JSON ``{"species": ["e", "mu", "pi"]}``: the label of code
+``i`` is entry ``i`` of the list. ``read_root`` turns the codes back into strings, so a round trip is exact.
+Outside detgen: ``json.loads(file["events__labels"])`` in uproot, ``file->Get<TObjString>("events__labels")``
+in C++.
 """
 
 from __future__ import annotations
@@ -63,9 +64,8 @@ def _find_tree(file: Any, tree: str | None, path: Path) -> str:
     trees = file.keys(filter_classname="TTree", cycle=False, recursive=True)
     if tree is not None:
         if tree not in trees:
-            raise DataError(
-                f"{path}: no TTree '{tree}'{did_you_mean(tree, trees)}; the file has {join_names(trees) or 'none'}"
-            )
+            hint = did_you_mean(tree, trees)
+            raise DataError(f"{path}: no TTree '{tree}'{hint}; the file has {join_names(trees) or 'none'}")
         return tree
     if len(trees) != 1:
         what = f"{len(trees)} TTrees ({join_names(trees)})" if trees else "no TTree"
@@ -166,7 +166,7 @@ def read_root(path: Path, columns: Sequence[str] | None = None, *, tree: str | N
 
 
 class RootBatchWriter:
-    """Write batches to one TTree (``uproot`` ``mktree`` + ``extend``); the file is created at the first batch.
+    """Write batches to one TTree (uproot ``mktree`` + ``extend``); the file is created at the first batch.
 
     String columns become int32 codes; their labels grow as new ones appear (earlier codes never change) and
     are written as the ``<tree>__labels`` TObjString when the writer is closed.

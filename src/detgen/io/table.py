@@ -281,9 +281,8 @@ def check_readable(path: Path) -> None:
 def corrupt_file_error(path: Path, kind: str, error: BaseException) -> DataError:
     """The DataError for a file the library cannot read (truncated, corrupt, or not of this format)."""
     detail = " ".join(str(error).split())
-    return DataError(
-        f"{path}: cannot read as a {kind} file; it may be truncated or corrupt ({type(error).__name__}: {detail})"
-    )
+    cause = f"{type(error).__name__}: {detail}"
+    return DataError(f"{path}: cannot read as a {kind} file; it may be truncated or corrupt ({cause})")
 
 
 def temporary_sibling(path: Path) -> Path:

@@ -51,7 +51,8 @@ def figure_style() -> Iterator[None]:
     """Apply the detgen figure style for the duration of the block (restored afterwards)."""
     import matplotlib
 
-    with matplotlib.rc_context(_style()):
+    # rc_context's stubs want literal rcParams names; our keys come from mplhep at run time.
+    with matplotlib.rc_context(_style()):  # type: ignore[arg-type]
         yield
 
 
@@ -272,11 +273,13 @@ def plot_hist2d_side_by_side(
     ylabel: str = "",
     titles: tuple[str, str] = ("truth", "generated"),
     log_colour: bool = True,
+    logy: bool = False,
 ) -> Path:
     """Two 2-D histograms (e.g. dE/dx vs p) side by side on a shared colour scale.
 
     Both are normalised to unit sum so samples of different size compare directly; the colour scale
-    is logarithmic by default (dE/dx bands span orders of magnitude in density).
+    is logarithmic by default (dE/dx bands span orders of magnitude in density). ``logy`` draws the
+    y axis logarithmically (use log-spaced ``y_edges`` with it).
 
     Returns:
         The path written.
@@ -303,6 +306,8 @@ def plot_hist2d_side_by_side(
                                  cmap="viridis")
             ax.set_title(title, fontsize="small")
             ax.set_xlabel(xlabel)
+            if logy:
+                ax.set_yscale("log")
         axes[0].set_ylabel(ylabel)
         if mesh is not None:
             figure.colorbar(mesh, ax=list(axes), label="fraction of tracks", pad=0.02)
