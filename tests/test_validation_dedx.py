@@ -20,8 +20,12 @@ RESOLUTION = (0.06, 0.15, 1.5, 0.6, -0.4)
 SPECIES_FRACTIONS = {"pi+": 0.2, "pi-": 0.2, "K+": 0.13, "K-": 0.12, "p": 0.18, "pbar": 0.17}
 
 
-def make_toy(n: int, seed: int, *, kaon_shift: float = 0.0) -> dict[str, np.ndarray]:
-    """Toy dE/dx table: dedx = E(bg) (1 + sigma/E * N(0,1)); ``kaon_shift`` scales kaon dE/dx by (1 + shift)."""
+def make_toy(n: int, seed: int, *, kaon_shift: float = 0.0, distortion: float = 0.0) -> dict[str, np.ndarray]:
+    """Toy dE/dx table: dedx = E(bg) (1 + sigma/E * N(0,1)).
+
+    ``kaon_shift`` scales kaon dE/dx by (1 + shift); ``distortion`` multiplies the expected curve by
+    1 + distortion * sin(3 log10 bg), a shape the BESIII functional form cannot follow.
+    """
     rng = np.random.default_rng(seed)
     labels = np.array(list(SPECIES_FRACTIONS), dtype=object)
     index = rng.choice(labels.size, size=n, p=list(SPECIES_FRACTIONS.values()))
@@ -32,7 +36,8 @@ def make_toy(n: int, seed: int, *, kaon_shift: float = 0.0) -> dict[str, np.ndar
     mass = np.array([MASS_GEV[s] for s in labels])[index]
     bg = p / mass
     relative = dedx.relative_resolution(bg, dedx.n_used_hits(nhits), np.sqrt(1 - cos_theta**2), *RESOLUTION)
-    values = dedx.expected_curve(bg, *CURVE) * (1 + relative * rng.standard_normal(n))
+    expected = dedx.expected_curve(bg, *CURVE) * (1 + distortion * np.sin(3 * np.log10(bg)))
+    values = expected * (1 + relative * rng.standard_normal(n))
     kaon = np.array([HYPOTHESIS_OF[s] == "K" for s in labels])[index]
     values[kaon] *= 1 + kaon_shift
     return {"species": species, "p": p, "theta": np.arccos(cos_theta), "nhits": nhits, "dedx": values}
@@ -54,7 +59,7 @@ def test_calibration_recovers_known_curve_and_resolution(truth: dict[str, np.nda
     calibration = dedx.fit_calibration(truth)
     bg = np.geomspace(0.12, 14.0, 200)  # the bg range the toy covers (p 0.1-2 GeV/c, pi to p)
     expected = dedx.expected_curve(bg, *CURVE)
-    assert np.max(np.abs(calibration.expected(bg) / expected - 1)) < 0.01
+    assert np.max(np.abs(calibration.expected(bg) / expected - 1)) < 0.015
     nhits, sin_theta = np.array([20.0, 30.0, 43.0]), np.array([0.5, 0.8, 1.0])
     for b in (0.3, 1.0, 5.0):
         true_sigma = dedx.expected_curve(b, *CURVE) * dedx.relative_resolution(b, dedx.n_used_hits(nhits), sin_theta, *RESOLUTION)
@@ -62,6 +67,18 @@ def test_calibration_recovers_known_curve_and_resolution(truth: dict[str, np.nda
     assert calibration.curve_converged
     assert abs(calibration.resolution[3] - RESOLUTION[3]) < 0.1  # N_use exponent
     assert abs(calibration.resolution[4] - RESOLUTION[4]) < 0.1  # sin(theta) exponent
+
+
+def test_residual_correction_follows_a_shape_the_functional_form_misses() -> None:
+    distorted = make_toy(200_000, seed=4, distortion=0.05)
+    bg = np.geomspace(0.12, 14.0, 200)
+    expected = dedx.expected_curve(bg, *CURVE) * (1 + 0.05 * np.sin(3 * np.log10(bg)))
+    corrected = dedx.fit_calibration(distorted)
+    plain = dedx.fit_calibration(distorted, residual_correction=False)
+    # The last few % of the range (the steep, sparse low-bg edge) are the least constrained.
+    assert np.max(np.abs(corrected.expected(bg) / expected - 1)) < 0.02
+    assert np.max(np.abs(plain.expected(bg) / expected - 1)) > 0.04
+    assert corrected.to_metrics()["calib_curve_max_abs_correction"] > 0.01
 
 
 def test_chi_is_standard_normal_for_own_hypothesis(truth: dict[str, np.ndarray]) -> None:
@@ -110,7 +127,8 @@ def test_kaon_shift_is_detected(truth: dict[str, np.ndarray], same_model_result:
     shifted = dedx.validate_dedx(truth, make_toy(150_000, seed=3, kaon_shift=0.05), tmp_path, make_figures=False)
     assert shifted["pid_eff_chi2_ndf_p_K"] > 5
     assert shifted["pid_eff_chi2_ndf_p_K"] > 3 * shifted["pid_eff_chi2_ndf_p_pi"]
-    assert shifted["classifier_auc"] > reference["classifier_auc"] + 0.05
+    # Kaons are a quarter of the tracks and the shift is 0.8 sigma: the expected AUC is about 0.55.
+    assert shifted["classifier_auc"] > reference["classifier_auc"] + 0.03
     assert shifted["chi_mean_generated_K"] > 0.4
     assert shifted["max_ks_K"] > 3 * shifted["max_ks_pi"]
 
@@ -153,7 +171,7 @@ def test_nan_is_named(truth: dict[str, np.ndarray], tmp_path: Path) -> None:
 def test_unknown_species_is_named(truth: dict[str, np.ndarray], tmp_path: Path) -> None:
     broken = dict(truth, species=truth["species"].copy())
     broken["species"][0] = "kaon"
-    with pytest.raises(DataError, match="species.*kaon"):
+    with pytest.raises(DataError, match=r"species.*kaon"):
         dedx.validate_dedx(truth, broken, tmp_path)
 
 

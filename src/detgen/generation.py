@@ -14,7 +14,16 @@ from tqdm.auto import tqdm
 from detgen.dataset import split_table
 from detgen.device import resolve_device
 from detgen.errors import DataError, SchemaError
-from detgen.io import Table, TableWriter, file_sha256, read_table, require_columns, require_finite, select_rows, table_length
+from detgen.io import (
+    Table,
+    TableWriter,
+    file_sha256,
+    read_table,
+    require_columns,
+    require_finite,
+    select_rows,
+    table_length,
+)
 from detgen.runs import Run, load_run
 
 Log = Callable[[str], None]
@@ -78,7 +87,7 @@ def generate(
     n = len(raw)
     started = time.perf_counter()
     with TableWriter(out) as writer, torch.inference_mode():
-        bar = tqdm(total=n, desc="generating", unit="row", unit_scale=True, disable=not progress)
+        bar = tqdm(total=n, desc="generating", unit="row", unit_scale=True, disable=None if progress else True)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             noise = torch.randn(stop - start, sampler.noise_dim, generator=noise_gen).to(torch_device)

@@ -254,7 +254,7 @@ def _run_epoch(
     order = torch.randperm(n, generator=shuffle).to(targets.device)
     n_batches = math.ceil(n / training.batch_size)
     total = 0.0
-    bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{training.epochs}", disable=not progress, leave=False,
+    bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{training.epochs}", disable=None if progress else True, leave=False,
                unit="batch")
     model.train()
     for b in range(n_batches):

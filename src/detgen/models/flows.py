@@ -93,7 +93,7 @@ class SplineStackGenerator(nn.Module):
         super().__init__()
         # registered as submodules so that export sees them as weights (they are the flow's own layers)
         self.hypers = nn.ModuleList([t.hyper for t in flow.transform.transforms])
-        self.blocks = [[m for m in hyper if hasattr(m, "weight")] for hyper in self.hypers]
+        self.blocks = [[m for m in hyper if hasattr(m, "weight")] for hyper in self.hypers]  # type: ignore[attr-defined]
         self.n_blocks = len(self.blocks)
         self.bins, self.bound, self.log_slope = bins, bound, math.log(slope)
 

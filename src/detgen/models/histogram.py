@@ -90,7 +90,7 @@ class HistogramSampling(ModelFamily):
                 if values.numel() == 0:
                     values = y
             self._fill_cell(cell, values)
-        self.fitted.fill_(True)
+        self.fitted.fill_(True)  # type: ignore[operator]
         return {"histogram_cells": n_cells, "histogram_cells_fallback": fallback,
                 "histogram_cells_empty": int((counts == 0).sum())}
 

@@ -13,6 +13,7 @@ Units: p in GeV/c, theta in rad, dE/dx in the gain-normalised units of the input
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import optimize
+from scipy import interpolate, optimize
 
 from detgen.errors import ConfigError, DataError
 from detgen.particles import HYPOTHESIS_MASS_GEV, HYPOTHESIS_OF, MASS_GEV, SPECIES
@@ -219,13 +220,20 @@ def n_used_hits(nhits: ArrayLike) -> FloatArray:
 class DedxCalibration:
     """Fitted dE/dx calibration: the expected-value curve and the resolution model.
 
+    E(bg) = expected_curve(bg; p0..p4) * correction(bg), where the optional correction is a table of
+    factors in log10(bg), interpolated linearly and held constant beyond its ends: the smoothed ratio
+    of the truth medians to the fitted curve. It absorbs the few-% shape differences between the
+    BESIII functional form and a given detector (or simulator) without changing the analysis.
+
     Attributes:
         curve: (p0, p1, p2, p3, p4) of :func:`expected_curve`.
         resolution: (s0, s1, s2, b, c) of :func:`relative_resolution`.
-        curve_rel_residual_rms: RMS over the fitted log(bg) bins of median/E - 1 (fit quality).
-        curve_converged: False if the least-squares fit stopped without converging (the best grid
-            starting point is then used).
-        bg_range: (min, max) beta*gamma covered by the truth bins used in the curve fit.
+        curve_rel_residual_rms: RMS over the fitted log(bg) bins of median / curve - 1 (fit quality of
+            the functional form alone, before the correction).
+        curve_converged: False if the least-squares curve fit stopped without converging.
+        bg_range: (min, max) beta*gamma of the truth bins used in the curve fit.
+        correction_log10_bg: abscissae of the correction table (empty: no correction).
+        correction_factor: correction factors at those abscissae.
     """
 
     curve: tuple[float, float, float, float, float]
@@ -233,10 +241,15 @@ class DedxCalibration:
     curve_rel_residual_rms: float = float("nan")
     curve_converged: bool = True
     bg_range: tuple[float, float] = (float("nan"), float("nan"))
+    correction_log10_bg: tuple[float, ...] = ()
+    correction_factor: tuple[float, ...] = ()
 
     def expected(self, bg: ArrayLike) -> FloatArray:
-        """Expected dE/dx at beta*gamma ``bg``."""
-        return expected_curve(bg, *self.curve)
+        """Expected dE/dx at beta*gamma ``bg`` (functional form times the correction table)."""
+        value = expected_curve(bg, *self.curve)
+        if self.correction_factor:
+            value = value * np.interp(np.log10(bg), self.correction_log10_bg, self.correction_factor)
+        return value
 
     def sigma(self, bg: ArrayLike, nhits: ArrayLike, sin_theta: ArrayLike) -> FloatArray:
         """Absolute dE/dx resolution sigma = E(bg) * sigma/E for tracks with ``nhits`` hits at ``sin_theta``."""
@@ -250,7 +263,41 @@ class DedxCalibration:
         out["calib_curve_rel_residual_rms"] = float(self.curve_rel_residual_rms)
         out["calib_curve_converged"] = bool(self.curve_converged)
         out["calib_bg_min"], out["calib_bg_max"] = (float(v) for v in self.bg_range)
+        factors = np.asarray(self.correction_factor, dtype=np.float64)
+        out["calib_curve_max_abs_correction"] = float(np.max(np.abs(factors - 1))) if factors.size else 0.0
         return out
+
+
+@dataclass(frozen=True)
+class CurveFit:
+    """Result of :func:`fit_expected_curve`.
+
+    Attributes:
+        curve: fitted (p0, p1, p2, p3, p4).
+        rel_residual_rms: RMS over the bins of median / curve - 1.
+        converged: whether the least-squares fit converged.
+        log10_bg: median log10(bg) of every bin used.
+        ratio: median dE/dx / curve in every bin used.
+        ratio_error: uncertainty of ``ratio``.
+    """
+
+    curve: tuple[float, float, float, float, float]
+    rel_residual_rms: float
+    converged: bool
+    log10_bg: FloatArray
+    ratio: FloatArray
+    ratio_error: FloatArray
+
+    def smoothed_ratio(self) -> FloatArray:
+        """``ratio`` through a cubic smoothing spline in log10(bg) (smoothness by generalised cross-validation).
+
+        The spline follows a real shape difference between the data and the functional form and
+        averages away the bin-to-bin noise of sparse bins.
+        """
+        if self.log10_bg.size < 5:
+            return np.asarray(self.ratio, dtype=np.float64)
+        spline = interpolate.make_smoothing_spline(self.log10_bg, self.ratio, w=self.ratio_error**-2.0)
+        return np.asarray(spline(self.log10_bg), dtype=np.float64)
 
 
 def _binned_medians(
@@ -270,62 +317,74 @@ def _binned_medians(
     return 10 ** q_bg[keep, 0], median, error
 
 
-def _curve_start(bg: FloatArray, median: FloatArray, error: FloatArray) -> FloatArray:
-    """Starting values for the curve fit from a grid over (p2, p3, p4).
+#: Bounds of the non-linear curve parameters (log10 p2, p3, p4) in the fit.
+_CURVE_LOWER, _CURVE_UPPER = np.array([-12.0, 0.1, 0.05]), np.array([3.0, 6.0, 6.0])
 
-    For fixed (p2, p3, p4) the curve is linear in (p0*p1, p0), so each grid point is solved exactly by
-    weighted linear least squares; the best point with p0 > 0 starts the non-linear fit. This makes the
-    fit independent of hand-tuned starting values.
+
+def _solve_linear_part(
+    bg: FloatArray, median: FloatArray, error: FloatArray, shape: ArrayLike
+) -> tuple[float, float, FloatArray]:
+    """Best (p0, p1) for fixed shape = (log10 p2, p3, p4), and the weighted residuals.
+
+    For fixed (p2, p3, p4) the curve is linear in (p0*p1, p0): E = (p0 p1) / beta^p3 - p0 (L / beta^p3 + 1)
+    with L = ln(p2 + bg^-p4), so weighted linear least squares gives the exact optimum.
     """
-    beta = bg / np.sqrt(1 + bg * bg)
-    best, best_cost = np.array([median.mean() / 10, 10.0, 1e-3, 2.0, 1.0]), np.inf
+    log10_p2, p3, p4 = (float(v) for v in np.asarray(shape, dtype=np.float64))
+    inverse_beta = (np.sqrt(1 + bg * bg) / bg) ** p3
+    log_term = np.log(10**log10_p2 + bg ** (-p4))
+    design = np.column_stack([inverse_beta, -(log_term * inverse_beta + 1)]) / error[:, None]
+    (p0_p1, p0), *_ = np.linalg.lstsq(design, median / error, rcond=None)
+    residual = design @ np.array([p0_p1, p0]) - median / error
+    return float(p0), float(p0_p1 / p0) if p0 != 0 else float("nan"), residual
+
+
+def _curve_start(bg: FloatArray, median: FloatArray, error: FloatArray) -> FloatArray:
+    """Starting shape (log10 p2, p3, p4): the best point of a coarse grid (with p0 > 0)."""
+    best, best_cost = np.array([-3.0, 2.0, 1.0]), np.inf
     for p3 in (1.0, 1.5, 2.0, 2.5, 3.0):
         for p4 in (0.3, 0.6, 1.0, 1.5, 2.0, 3.0):
-            for p2 in 10.0 ** np.linspace(-7, 0.5, 16):
-                log_term = np.log(p2 + bg ** (-p4))
-                design = np.column_stack([beta ** (-p3), -(log_term * beta ** (-p3) + 1)]) / error[:, None]
-                (a, p0), *_ = np.linalg.lstsq(design, median / error, rcond=None)
-                cost = float(np.sum((design @ np.array([a, p0]) - median / error) ** 2))
+            for log10_p2 in np.linspace(-7, 0.5, 16):
+                p0, _, residual = _solve_linear_part(bg, median, error, (log10_p2, p3, p4))
+                cost = float(residual @ residual)
                 if p0 > 0 and cost < best_cost:
-                    best, best_cost = np.array([p0, a / p0, p2, p3, p4]), cost
+                    best, best_cost = np.array([log10_p2, p3, p4]), cost
     return best
 
 
-def fit_expected_curve(
-    bg: ArrayLike, dedx: ArrayLike, *, n_bins: int = 80, min_entries: int = 30
-) -> tuple[tuple[float, float, float, float, float], float, bool, tuple[float, float]]:
+def fit_expected_curve(bg: ArrayLike, dedx: ArrayLike, *, n_bins: int = 80, min_entries: int = 100) -> CurveFit:
     """Fit :func:`expected_curve` to the per-bin median dE/dx in ``n_bins`` bins of log10(bg).
 
     The median is robust against the remaining Landau tail of the truncated mean; each bin sits at the
-    median bg of its tracks, so the steep low-bg region is not biased by the bin width.
-
-    Returns:
-        (parameters, RMS of median/E - 1 over the bins, converged flag, (bg min, bg max) of the bins).
+    median bg of its tracks, so the steep low-bg region is not biased by the bin width. The fit is by
+    variable projection: the non-linear shape (log10 p2, p3, p4) is fitted with bounded least squares
+    (scipy's ``least_squares``, the engine of ``curve_fit``), and for every trial shape the scale
+    parameters (p0, p1) are solved exactly. This removes the strong p0-p1 correlation that makes a
+    direct 5-parameter fit stall, and a coarse grid supplies the starting shape, so no hand-tuned
+    starting values are needed.
 
     Raises:
-        DataError: fewer than 6 bins with ``min_entries`` tracks.
+        DataError: fewer than 6 bins with ``min_entries`` tracks, or no curve with p0 > 0 fits.
     """
-    bg_values = np.asarray(bg, dtype=np.float64)
-    x, median, error = _binned_medians(np.log10(bg_values), np.asarray(dedx, dtype=np.float64), n_bins,
-                                       min_entries)
+    x, median, error = _binned_medians(np.log10(np.asarray(bg, dtype=np.float64)),
+                                       np.asarray(dedx, dtype=np.float64), n_bins, min_entries)
     if x.size < 6:
         raise DataError(f"dedx calibration: only {x.size} beta*gamma bins have >= {min_entries} tracks; "
                         "expected at least 6 (need more truth tracks or a wider momentum range)")
     start = _curve_start(x, median, error)
-
-    def residual(params: FloatArray) -> FloatArray:
-        return (expected_curve(x, *params) - median) / error
-
-    lower = [1e-9, -np.inf, 1e-12, 0.1, 0.05]
-    upper = [np.inf, np.inf, 1e3, 6.0, 6.0]
-    # least_squares is what curve_fit runs underneath; calling it directly skips the covariance
-    # estimate we do not use (and its warning when the plateau parameters are unconstrained).
-    result = optimize.least_squares(residual, np.clip(start, lower, upper), bounds=(lower, upper),
-                                    x_scale="jac", max_nfev=2000)
-    params = result.x if result.success and np.all(np.isfinite(result.x)) else start
-    rms = float(np.sqrt(np.mean((median / expected_curve(x, *params) - 1) ** 2)))
-    curve = (float(params[0]), float(params[1]), float(params[2]), float(params[3]), float(params[4]))
-    return curve, rms, bool(result.success), (float(x.min()), float(x.max()))
+    result = optimize.least_squares(lambda shape: _solve_linear_part(x, median, error, shape)[2], start,
+                                    bounds=(_CURVE_LOWER, _CURVE_UPPER), max_nfev=500)
+    shape = result.x
+    p0, p1, _ = _solve_linear_part(x, median, error, shape)
+    if not (p0 > 0 and np.isfinite(p1)):
+        shape = start
+        p0, p1, _ = _solve_linear_part(x, median, error, shape)
+    if not (p0 > 0 and np.isfinite(p1)):
+        raise DataError("dedx calibration: no expected-value curve with p0 > 0 fits the truth medians; "
+                        "check the 'dedx' and 'p' columns of the truth sample")
+    curve = (p0, p1, float(10 ** shape[0]), float(shape[1]), float(shape[2]))
+    fitted = expected_curve(x, *curve)
+    rms = float(np.sqrt(np.mean((median / fitted - 1) ** 2)))
+    return CurveFit(curve, rms, bool(result.success), np.log10(x), median / fitted, error / fitted)
 
 
 def fit_resolution(
@@ -375,18 +434,22 @@ def fit_resolution(
     return s0, s1, s2, b, c
 
 
-def fit_calibration(truth: Table | Tracks) -> DedxCalibration:
+def fit_calibration(truth: Table | Tracks, *, residual_correction: bool = True) -> DedxCalibration:
     """Fit the expected-value curve and the resolution model on the truth sample (all species pooled).
 
     Every track enters at beta*gamma = p/m with its own species' mass; species with the same bg share
-    one curve. Fit the curve first, then the widths of dE/dx/E(bg) - 1 around it.
+    one curve. The curve is fitted first (then, with ``residual_correction``, the smoothed ratio of the
+    truth medians to it becomes the correction table), then the widths of dE/dx/E(bg) - 1 around it.
     """
     tracks = as_tracks(truth, "truth")
     bg = tracks.beta_gamma
-    curve, rms, converged, bg_range = fit_expected_curve(bg, tracks.dedx)
-    expected = expected_curve(bg, *curve)
-    resolution = fit_resolution(bg, tracks.nhits, tracks.sin_theta, tracks.dedx / expected - 1)
-    return DedxCalibration(curve, resolution, rms, converged, bg_range)
+    fit = fit_expected_curve(bg, tracks.dedx)
+    correction = (tuple(fit.log10_bg.tolist()), tuple(fit.smoothed_ratio().tolist())) if residual_correction else ((), ())
+    bg_range = (float(10 ** fit.log10_bg.min()), float(10 ** fit.log10_bg.max()))
+    partial = DedxCalibration(fit.curve, (1.0, 0.0, 0.0, 0.0, 0.0), fit.rel_residual_rms, fit.converged, bg_range,
+                              *correction)
+    resolution = fit_resolution(bg, tracks.nhits, tracks.sin_theta, tracks.dedx / partial.expected(bg) - 1)
+    return dataclasses.replace(partial, resolution=resolution)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -435,26 +498,35 @@ class PidCounts:
 
     Attributes:
         edges: bin edges of the variable.
-        total: true label -> tracks per bin.
-        assigned: (true label, hypothesis) -> tracks per bin identified as that hypothesis.
+        total: true hypothesis (charges pooled, 'pi' = pi+ and pi-) -> tracks per bin.
+        assigned: (true hypothesis, assigned hypothesis) -> tracks per bin identified as the latter.
+        species_total, species_assigned: the same per species label ('pi+', 'pbar', ...).
     """
 
     edges: FloatArray
     total: dict[str, NDArray[np.int64]]
     assigned: dict[tuple[str, str], NDArray[np.int64]]
+    species_total: dict[str, NDArray[np.int64]]
+    species_assigned: dict[tuple[str, str], NDArray[np.int64]]
 
-    def rate(self, label: str, hypothesis: str) -> tuple[FloatArray, FloatArray]:
-        """(fraction of ``label`` tracks identified as ``hypothesis``, binomial uncertainty) per bin."""
+    def rate(self, label: str, hypothesis: str, *, by_species: bool = False) -> tuple[FloatArray, FloatArray]:
+        """(fraction of true ``label`` tracks identified as ``hypothesis``, binomial uncertainty) per bin.
+
+        ``label`` is a hypothesis name, or a species label with ``by_species=True``; efficiency when
+        ``hypothesis`` is the label's own, mis-identification rate otherwise.
+        """
+        if by_species:
+            return m.binomial_efficiency(self.species_assigned[(label, hypothesis)], self.species_total[label])
         return m.binomial_efficiency(self.assigned[(label, hypothesis)], self.total[label])
 
 
 def pid_counts(
     tracks: Tracks, assigned: NDArray[np.int64], hypotheses: Sequence[str], x: FloatArray, edges: ArrayLike
 ) -> PidCounts:
-    """Count tracks per bin of ``x`` by true label and assigned hypothesis, in one bincount.
+    """Count tracks per bin of ``x`` by true species and assigned hypothesis, in one bincount.
 
-    True labels are both the pooled hypotheses ('pi' = pi+ and pi-) and the species labels ('pi+');
-    only tracks whose species belongs to ``hypotheses`` are counted.
+    ``assigned`` is the output of :func:`identify` (index into ``hypotheses``, -1 unidentified). Only
+    tracks whose species belongs to ``hypotheses`` are counted; tracks outside ``edges`` are ignored.
     """
     bin_edges = np.asarray(edges, dtype=np.float64)
     n_bins, n_hyp, n_species = bin_edges.size - 1, len(hypotheses), len(SPECIES)
@@ -462,15 +534,17 @@ def pid_counts(
     inside = (bins >= 0) & (bins < n_bins)
     code = (tracks.species[inside] * (n_hyp + 1) + assigned[inside] + 1) * n_bins + bins[inside]
     table = np.bincount(code, minlength=n_species * (n_hyp + 1) * n_bins).reshape(n_species, n_hyp + 1, n_bins)
-    total: dict[str, NDArray[np.int64]] = {}
-    counts: dict[tuple[str, str], NDArray[np.int64]] = {}
+    counts = PidCounts(bin_edges, {}, {}, {}, {})
     for hypothesis in hypotheses:
         members = [i for i, label in enumerate(SPECIES) if HYPOTHESIS_OF[label] == hypothesis]
-        for label, rows in [(hypothesis, members)] + [(SPECIES[i], [i]) for i in members]:
-            total[label] = table[rows].sum(axis=(0, 1))
+        counts.total[hypothesis] = table[members].sum(axis=(0, 1))
+        for j, assigned_to in enumerate(hypotheses):
+            counts.assigned[(hypothesis, assigned_to)] = table[members, j + 1].sum(axis=0)
+        for i in members:
+            counts.species_total[SPECIES[i]] = table[i].sum(axis=0)
             for j, assigned_to in enumerate(hypotheses):
-                counts[(label, assigned_to)] = table[rows, j + 1].sum(axis=0)
-    return PidCounts(bin_edges, total, counts)
+                counts.species_assigned[(SPECIES[i], assigned_to)] = table[i, j + 1]
+    return counts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,38 +564,31 @@ def _check_same_species(truth: Tracks, generated: Tracks) -> None:
 
 def compare_pid(
     truth: PidCounts, generated: PidCounts, hypotheses: Sequence[str]
-) -> tuple[dict[str, m.Chi2Result], m.Chi2Result, m.Chi2Result, float, float]:
+) -> tuple[dict[str, m.Chi2Result], dict[str, float]]:
     """Efficiency and mis-ID chi2 for one binning (two-proportion pulls, see ``metrics.efficiency_pulls``).
 
     Returns:
-        (results keyed 'eff_<h>', 'misid_<a>_to_<b>' and 'species_<label>' (own-hypothesis efficiency
-        per charge), efficiency chi2 summed over hypotheses, mis-ID chi2 summed over pairs, largest
-        |pull| of the efficiencies, largest |pull| of the mis-ID rates).
+        (chi2 results keyed 'eff_<h>', 'misid_<a>_to_<b>' and 'species_<label>' (own-hypothesis
+        efficiency per charge), largest |pull| keyed 'eff' and 'misid').
     """
-    out: dict[str, m.Chi2Result] = {}
-    efficiency_total, misid_total = m.Chi2Result(0.0, 0, 0), m.Chi2Result(0.0, 0, 0)
-    max_eff_pull, max_misid_pull = 0.0, 0.0
-    for label, true_hypothesis in [(h, h) for h in hypotheses] + [
-        (s, HYPOTHESIS_OF[s]) for s in SPECIES if HYPOTHESIS_OF[s] in hypotheses
-    ]:
+    results: dict[str, m.Chi2Result] = {}
+    max_pull = {"eff": 0.0, "misid": 0.0}
+    for true_hypothesis in hypotheses:
         for assigned_to in hypotheses:
-            args = (truth.assigned[(label, assigned_to)], truth.total[label],
-                    generated.assigned[(label, assigned_to)], generated.total[label])
+            args = (truth.assigned[(true_hypothesis, assigned_to)], truth.total[true_hypothesis],
+                    generated.assigned[(true_hypothesis, assigned_to)], generated.total[true_hypothesis])
             pull = m.efficiency_pulls(*args, min_entries=MIN_ENTRIES_EFFICIENCY)
-            result = m.efficiency_chi2(*args, min_entries=MIN_ENTRIES_EFFICIENCY)
-            largest = float(np.nanmax(np.abs(pull))) if np.isfinite(pull).any() else 0.0
-            if label not in hypotheses:  # per-charge species: efficiency breakdown only
-                if assigned_to == true_hypothesis:
-                    out[f"species_{label}"] = result
-            elif assigned_to == label:
-                out[f"eff_{label}"] = result
-                efficiency_total += result
-                max_eff_pull = max(max_eff_pull, largest)
-            else:
-                out[f"misid_{label}_to_{assigned_to}"] = result
-                misid_total += result
-                max_misid_pull = max(max_misid_pull, largest)
-    return out, efficiency_total, misid_total, max_eff_pull, max_misid_pull
+            kind = "eff" if assigned_to == true_hypothesis else "misid"
+            name = f"eff_{true_hypothesis}" if kind == "eff" else f"misid_{true_hypothesis}_to_{assigned_to}"
+            results[name] = m.efficiency_chi2(*args, min_entries=MIN_ENTRIES_EFFICIENCY)
+            if np.isfinite(pull).any():
+                max_pull[kind] = max(max_pull[kind], float(np.nanmax(np.abs(pull))))
+    for label in truth.species_total:
+        own = (label, HYPOTHESIS_OF[label])
+        results[f"species_{label}"] = m.efficiency_chi2(
+            truth.species_assigned[own], truth.species_total[label],
+            generated.species_assigned[own], generated.species_total[label], min_entries=MIN_ENTRIES_EFFICIENCY)
+    return results, max_pull
 
 
 def _pid_metrics(
@@ -531,53 +598,48 @@ def _pid_metrics(
     hypotheses: Sequence[str],
     binnings: Mapping[str, FloatArray],
 ) -> tuple[dict[str, Any], dict[str, tuple[PidCounts, PidCounts]]]:
-    """All PID comparison keys plus the counts per binning (for the figures)."""
+    """All PID comparison keys, plus the counts per binning (for the figures)."""
     out: dict[str, Any] = {}
-    results: dict[str, m.Chi2Result] = {}
-    totals = {"eff": m.Chi2Result(0.0, 0, 0), "misid": m.Chi2Result(0.0, 0, 0)}
-    max_pulls = {"eff": 0.0, "misid": 0.0}
     counts: dict[str, tuple[PidCounts, PidCounts]] = {}
+    combined: dict[str, m.Chi2Result] = {}  # summed over the binnings
+    totals = {"eff": m.Chi2Result(0.0, 0, 0), "misid": m.Chi2Result(0.0, 0, 0)}
+    max_pull = {"eff": 0.0, "misid": 0.0}
     for variable, edges in binnings.items():
-        pair = tuple(
+        truth_counts, generated_counts = (
             pid_counts(t, a, hypotheses, t.p if variable == "p" else t.cos_theta, edges)
             for t, a in zip((truth, generated), assigned)
         )
-        counts[variable] = (pair[0], pair[1])
-        parts, eff_total, misid_total, eff_pull, misid_pull = compare_pid(pair[0], pair[1], hypotheses)
-        for key, result in parts.items():
-            results[f"{key}@{variable}"] = result
-        totals["eff"] += eff_total
-        totals["misid"] += misid_total
-        max_pulls["eff"] = max(max_pulls["eff"], eff_pull)
-        max_pulls["misid"] = max(max_pulls["misid"], misid_pull)
+        counts[variable] = (truth_counts, generated_counts)
+        results, pulls = compare_pid(truth_counts, generated_counts, hypotheses)
+        for name, result in results.items():
+            combined[name] = combined.get(name, m.Chi2Result(0.0, 0, 0)) + result
+            kind = name.split("_")[0]
+            if kind in totals:
+                totals[kind] += result
+        for hypothesis in hypotheses:
+            out[f"pid_eff_chi2_ndf_{variable}_{hypothesis}"] = results[f"eff_{hypothesis}"].chi2_ndf
+        max_pull = {kind: max(max_pull[kind], pulls[kind]) for kind in max_pull}
     for kind, key in (("eff", "pid_eff"), ("misid", "misid")):
         out[f"{key}_chi2_ndf"] = totals[kind].chi2_ndf
         out[f"{key}_ndf"] = totals[kind].ndf
         out[f"{key}_n_skipped"] = totals[kind].n_skipped
-        out[f"{key}_max_abs_pull"] = max_pulls[kind]
-    for variable in binnings:
-        for hypothesis in hypotheses:
-            out[f"pid_eff_chi2_ndf_{variable}_{hypothesis}"] = results[f"eff_{hypothesis}@{variable}"].chi2_ndf
-    combined: dict[str, m.Chi2Result] = {}
-    for name, result in results.items():
-        base = name.split("@")[0]
-        combined[base] = combined.get(base, m.Chi2Result(0.0, 0, 0)) + result
-    for base, result in combined.items():
-        if base.startswith("misid_"):
-            out[f"misid_chi2_ndf_{base[len('misid_'):]}"] = result.chi2_ndf
-        elif base.startswith("species_"):
-            out[f"pid_eff_chi2_ndf_species_{base[len('species_'):]}"] = result.chi2_ndf
+        out[f"{key}_max_abs_pull"] = max_pull[kind]
+    for name, result in combined.items():
+        if name.startswith("misid_"):
+            out[f"misid_chi2_ndf_{name[len('misid_'):]}"] = result.chi2_ndf
+        elif name.startswith("species_"):
+            out[f"pid_eff_chi2_ndf_species_{name[len('species_'):]}"] = result.chi2_ndf
     return out, counts
 
 
 def _integrated_rates(
-    tracks: Tracks, assigned: NDArray[np.int64], hypotheses: Sequence[str], sample: str
-) -> dict[str, float]:
-    """Efficiency and mis-ID rates integrated over the default p range, per pooled hypothesis."""
-    counts = pid_counts(tracks, assigned, hypotheses, tracks.p, P_EDGES_GEV[[0, -1]])
-    out: dict[str, float] = {}
+    tracks: Tracks, assigned: NDArray[np.int64], hypotheses: Sequence[str], sample: str, p_range: FloatArray
+) -> dict[str, float | int]:
+    """Track counts, efficiencies and mis-ID rates integrated over ``p_range`` (GeV/c), per hypothesis."""
+    counts = pid_counts(tracks, assigned, hypotheses, tracks.p, p_range)
+    out: dict[str, float | int] = {}
     for label in hypotheses:
-        out[f"n_{sample}_{label}"] = float(counts.total[label][0])
+        out[f"n_{sample}_{label}"] = int(counts.total[label][0])
         for assigned_to in hypotheses:
             value = float(counts.rate(label, assigned_to)[0][0])
             key = f"pid_eff_{sample}_{label}" if label == assigned_to else f"misid_{sample}_{label}_to_{assigned_to}"
@@ -630,7 +692,7 @@ def _distribution_metrics(truth: Tracks, generated: Tracks, hypotheses: Sequence
         scale = width if width > 0 else 1.0
         per_hypothesis[key[0]].append((m.wasserstein_1d(values, other) / scale, m.ks_statistic(values, other)))
     everything = [item for items in per_hypothesis.values() for item in items]
-    out: dict[str, float] = {"n_distribution_bins": float(len(everything))}
+    out: dict[str, float] = {"n_distribution_bins": len(everything)}
     for suffix, items in [("", everything)] + [(f"_{h}", per_hypothesis[h]) for h in hypotheses]:
         array = np.array(items).reshape(-1, 2)
         out[f"mean_wasserstein{suffix}"] = float(array[:, 0].mean()) if array.size else float("nan")
@@ -792,7 +854,8 @@ def validate_dedx(
     metrics.update(calibration.to_metrics())
     for sample_name, tracks, chi_values, assigned_values in zip(("truth", "generated"), samples, chis, assigned):
         metrics.update(_chi_summary(chi_values, tracks, names, sample_name))
-        metrics.update(_integrated_rates(tracks, assigned_values, names, sample_name))
+        metrics.update(_integrated_rates(tracks, assigned_values, names, sample_name,
+                                         binnings["p"][[0, -1]]))
     pid_metrics, counts = _pid_metrics(truth_tracks, generated_tracks, assigned, names, binnings)
     metrics.update(pid_metrics)
     metrics.update(_distribution_metrics(truth_tracks, generated_tracks, names))

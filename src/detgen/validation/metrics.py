@@ -254,7 +254,7 @@ def core_mean_width(values: ArrayLike) -> tuple[float, float]:
 
 
 def classifier_auc(
-    truth: ArrayLike, generated: ArrayLike, seed: int = 0, max_rows: int = 200_000
+    truth: ArrayLike, generated: ArrayLike, seed: int = 0, max_rows: int = 200_000, *, n_threads: int | None = 1
 ) -> float:
     """Classifier two-sample test: ROC AUC of a classifier trained to tell ``generated`` from ``truth``.
 
@@ -262,10 +262,15 @@ def classifier_auc(
     balanced), a histogram gradient-boosted tree classifier is trained on one half and the AUC is
     measured on the held-out half. 0.5 means the samples cannot be told apart; 1.0 means perfectly
     separable. Values slightly below 0.5 are statistical fluctuations. Deterministic given ``seed``.
+
+    ``n_threads`` caps the OpenMP threads of the boosting (None: the library default, all cores). The
+    default of 1 is deliberate: at the default ``max_rows`` a single thread takes about a second, and
+    OpenMP's spinning threads become many times slower on a machine busy with other work.
     """
     # Imported here: scikit-learn is heavy and only this function needs it.
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
+    from threadpoolctl import threadpool_limits
 
     truth_2d = _as_2d(truth, "truth")
     generated_2d = _as_2d(generated, "generated")
@@ -295,6 +300,7 @@ def classifier_auc(
         n_iter_no_change=20,
         random_state=seed,
     )
-    classifier.fit(features[train], labels[train])
-    score = classifier.predict_proba(features[test])[:, 1]
+    with threadpool_limits(limits=n_threads, user_api="openmp"):
+        classifier.fit(features[train], labels[train])
+        score = classifier.predict_proba(features[test])[:, 1]
     return float(roc_auc_score(labels[test], score))

@@ -147,8 +147,14 @@ def _draw_hist_pair(
     ratio.errorbar(centres, value, yerr=error, xerr=widths / 2, fmt="o", markersize=3,
                    color=GENERATED_COLOUR, elinewidth=1)
     ratio.axhline(1.0, color=TRUTH_COLOUR, linewidth=1, linestyle="--")
+    _format_ratio_axis(ratio, ratio_range, labels[0])
+
+
+def _format_ratio_axis(ratio: Any, ratio_range: tuple[float, float], reference: str) -> None:
+    """Fix the ratio panel's range; ticks only inside it, so its top label cannot collide with the main panel's."""
     ratio.set_ylim(*ratio_range)
-    ratio.set_ylabel(f"/ {labels[0]}", fontsize="small")
+    ratio.set_yticks(np.linspace(*ratio_range, 5)[1:-1])
+    ratio.set_ylabel(f"/ {reference}", fontsize="small")
 
 
 def plot_hist_comparison(
@@ -185,7 +191,7 @@ def plot_hist_comparison(
     per_panel_bins = isinstance(bins, Sequence) and len(bins) == len(pairs) and np.ndim(bins[0]) == 1
     with figure_style():
         rows, columns = _grid_shape(len(pairs), ncols)
-        figure = Figure(figsize=(4.6 * columns, 4.6 * rows), layout=None)
+        figure = Figure(figsize=(4.6 * columns, 4.6 * rows), layout="constrained")
         for i, ((main, ratio), (truth, generated)) in enumerate(
             zip(_ratio_axes(figure, len(pairs), ncols), pairs)
         ):
@@ -234,7 +240,7 @@ def plot_curve_comparison(
     centres = 0.5 * (x_edges[1:] + x_edges[:-1])
     half_widths = 0.5 * np.diff(x_edges)
     with figure_style():
-        figure = Figure(figsize=(7.5, 7.0))
+        figure = Figure(figsize=(7.5, 7.0), layout="constrained")
         ((main, ratio),) = _ratio_axes(figure, 1, 1)
         for i, name in enumerate(truth):
             colour = PALETTE[i % len(PALETTE)]
@@ -250,8 +256,7 @@ def plot_curve_comparison(
             ratio.errorbar(centres, value, yerr=error, fmt="s", color=colour, markerfacecolor="none",
                            markersize=4)
         ratio.axhline(1.0, color=TRUTH_COLOUR, linewidth=1, linestyle="--")
-        ratio.set_ylim(*ratio_range)
-        ratio.set_ylabel(f"/ {labels[0]}", fontsize="small")
+        _format_ratio_axis(ratio, ratio_range, labels[0])
         ratio.set_xlabel(xlabel)
         main.set_ylabel(ylabel)
         if ylim is not None:
@@ -297,7 +302,7 @@ def plot_hist2d_side_by_side(
         colors.LogNorm(vmin=vmin, vmax=vmax) if log_colour and vmin < vmax else colors.Normalize(0.0, vmax)
     )
     with figure_style():
-        figure = Figure(figsize=(13.0, 5.5))
+        figure = Figure(figsize=(13.0, 5.5), layout="constrained")
         axes = figure.subplots(1, 2, sharey=True)
         mesh = None
         for ax, histogram, title in zip(axes, histograms, titles):
@@ -310,5 +315,5 @@ def plot_hist2d_side_by_side(
                 ax.set_yscale("log")
         axes[0].set_ylabel(ylabel)
         if mesh is not None:
-            figure.colorbar(mesh, ax=list(axes), label="fraction of tracks", pad=0.02)
+            figure.colorbar(mesh, ax=list(axes), label="fraction of tracks")
         return save_figure(figure, path)
