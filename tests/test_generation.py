@@ -71,6 +71,8 @@ def test_split_option_reproduces_the_test_split(tmp_path: Path, run_dir: Path, t
         (lambda t: t.pop("nhits"), "missing column 'nhits'"),
         (lambda t: t["p"].__setitem__(7, np.nan), "'p'"),
         (lambda t: t["species"].__setitem__(0, "X+"), "unknown label"),
+        (lambda t: t["p"].__setitem__(3, -0.5), "'p' has 1 value"),
+        (lambda t: t.update(nhits=np.where(np.arange(200) == 2, np.inf, t["nhits"])), "'nhits'"),
     ],
 )
 def test_bad_conditions_leave_no_output(tmp_path: Path, run_dir: Path, damage, message: str) -> None:

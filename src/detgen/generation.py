@@ -49,6 +49,7 @@ def read_conditions(run: Run, path: str | Path, *, split: str | None = None) -> 
         table = parts[split]
     if table_length(table) == 0:
         raise DataError(f"{source}: no rows to generate for")
+    run.preprocessor.check_domain(table, source=source)
     return table
 
 

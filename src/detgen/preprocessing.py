@@ -215,6 +215,18 @@ class Preprocessor(nn.Module):
         n = len(next(iter(table.values()))) if table else 0
         return np.stack(columns, axis=1) if columns else np.zeros((n, 0))
 
+    def check_domain(self, table: dict[str, np.ndarray], *, source: str) -> None:
+        """DataError for values a transform cannot take (e.g. p <= 0 for a log-transformed momentum)."""
+        for s in self.condition_specs:
+            if s["kind"] == "log":
+                x = np.asarray(table[s["column"]], dtype=np.float64)
+                bad = np.flatnonzero(x <= 0)
+                if bad.size:
+                    raise DataError(
+                        f"{source}: column {s['column']!r} has {bad.size} value(s) <= 0 (first at row {bad[0]}: "
+                        f"{x[bad[0]]}); expected positive values"
+                    )
+
     def out_of_range(self, table: dict[str, np.ndarray]) -> dict[str, int]:
         """Rows per numeric condition column outside the range seen in training (reported, not dropped)."""
         counts: dict[str, int] = {}
