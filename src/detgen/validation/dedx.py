@@ -563,9 +563,12 @@ def _check_same_species(truth: Tracks, generated: Tracks) -> None:
 
 
 def compare_pid(
-    truth: PidCounts, generated: PidCounts, hypotheses: Sequence[str]
+    truth: PidCounts, generated: PidCounts, hypotheses: Sequence[str], true_hypotheses: Sequence[str] | None = None
 ) -> tuple[dict[str, m.Chi2Result], dict[str, float]]:
     """Efficiency and mis-ID chi2 for one binning (two-proportion pulls, see ``metrics.efficiency_pulls``).
+
+    ``true_hypotheses`` (default: all ``hypotheses``) are the true species compared; tracks may still
+    be assigned to any of ``hypotheses``. Species with no track in either sample are left out.
 
     Returns:
         (chi2 results keyed 'eff_<h>', 'misid_<a>_to_<b>' and 'species_<label>' (own-hypothesis
@@ -573,7 +576,8 @@ def compare_pid(
     """
     results: dict[str, m.Chi2Result] = {}
     max_pull = {"eff": 0.0, "misid": 0.0}
-    for true_hypothesis in hypotheses:
+    compared = tuple(hypotheses if true_hypotheses is None else true_hypotheses)
+    for true_hypothesis in compared:
         for assigned_to in hypotheses:
             args = (truth.assigned[(true_hypothesis, assigned_to)], truth.total[true_hypothesis],
                     generated.assigned[(true_hypothesis, assigned_to)], generated.total[true_hypothesis])
@@ -584,6 +588,9 @@ def compare_pid(
             if np.isfinite(pull).any():
                 max_pull[kind] = max(max_pull[kind], float(np.nanmax(np.abs(pull))))
     for label in truth.species_total:
+        if HYPOTHESIS_OF[label] not in compared or truth.species_total[label].sum() + generated.species_total[
+                label].sum() == 0:
+            continue
         own = (label, HYPOTHESIS_OF[label])
         results[f"species_{label}"] = m.efficiency_chi2(
             truth.species_assigned[own], truth.species_total[label],
@@ -597,8 +604,9 @@ def _pid_metrics(
     assigned: tuple[NDArray[np.int64], NDArray[np.int64]],
     hypotheses: Sequence[str],
     binnings: Mapping[str, FloatArray],
+    present: Sequence[str],
 ) -> tuple[dict[str, Any], dict[str, tuple[PidCounts, PidCounts]]]:
-    """All PID comparison keys, plus the counts per binning (for the figures)."""
+    """All PID comparison keys for the true hypotheses ``present``, plus the counts per binning (for figures)."""
     out: dict[str, Any] = {}
     counts: dict[str, tuple[PidCounts, PidCounts]] = {}
     combined: dict[str, m.Chi2Result] = {}  # summed over the binnings
@@ -610,13 +618,13 @@ def _pid_metrics(
             for t, a in zip((truth, generated), assigned)
         )
         counts[variable] = (truth_counts, generated_counts)
-        results, pulls = compare_pid(truth_counts, generated_counts, hypotheses)
+        results, pulls = compare_pid(truth_counts, generated_counts, hypotheses, present)
         for name, result in results.items():
             combined[name] = combined.get(name, m.Chi2Result(0.0, 0, 0)) + result
             kind = name.split("_")[0]
             if kind in totals:
                 totals[kind] += result
-        for hypothesis in hypotheses:
+        for hypothesis in present:
             out[f"pid_eff_chi2_ndf_{variable}_{hypothesis}"] = results[f"eff_{hypothesis}"].chi2_ndf
         max_pull = {kind: max(max_pull[kind], pulls[kind]) for kind in max_pull}
     for kind, key in (("eff", "pid_eff"), ("misid", "misid")):
@@ -633,12 +641,13 @@ def _pid_metrics(
 
 
 def _integrated_rates(
-    tracks: Tracks, assigned: NDArray[np.int64], hypotheses: Sequence[str], sample: str, p_range: FloatArray
+    tracks: Tracks, assigned: NDArray[np.int64], hypotheses: Sequence[str], present: Sequence[str], sample: str,
+    p_range: FloatArray
 ) -> dict[str, float | int]:
-    """Track counts, efficiencies and mis-ID rates integrated over ``p_range`` (GeV/c), per hypothesis."""
+    """Track counts, efficiencies and mis-ID rates over ``p_range`` (GeV/c), per true hypothesis in ``present``."""
     counts = pid_counts(tracks, assigned, hypotheses, tracks.p, p_range)
     out: dict[str, float | int] = {}
-    for label in hypotheses:
+    for label in present:
         out[f"n_{sample}_{label}"] = int(counts.total[label][0])
         for assigned_to in hypotheses:
             value = float(counts.rate(label, assigned_to)[0][0])
@@ -659,11 +668,21 @@ def _chi_summary(chis: Mapping[str, FloatArray], tracks: Tracks, hypotheses: Seq
     return out
 
 
-def _group_by_bin(tracks: Tracks, hypotheses: Sequence[str]) -> dict[tuple[str, int, int], FloatArray]:
-    """dE/dx values per (hypothesis, p bin, cos theta bin) of the distribution grid."""
-    n_p, n_cos = DISTRIBUTION_P_EDGES_GEV.size - 1, DISTRIBUTION_COS_THETA_EDGES.size - 1
-    p_bin = np.digitize(tracks.p, DISTRIBUTION_P_EDGES_GEV) - 1
-    cos_bin = np.digitize(tracks.cos_theta, DISTRIBUTION_COS_THETA_EDGES) - 1
+#: Grids of the distribution comparison, finest first: (name, p edges in GeV/c, cos(theta) edges).
+_DISTRIBUTION_GRIDS: tuple[tuple[str, FloatArray, FloatArray], ...] = (
+    ("p_cos_theta", DISTRIBUTION_P_EDGES_GEV, DISTRIBUTION_COS_THETA_EDGES),
+    ("p", DISTRIBUTION_P_EDGES_GEV, np.array([-1.0, 1.0 + 1e-9])),
+    ("none", np.array([0.0, np.inf]), np.array([-1.0, 1.0 + 1e-9])),
+)
+
+
+def _group_by_bin(
+    tracks: Tracks, hypotheses: Sequence[str], p_edges: FloatArray, cos_edges: FloatArray
+) -> dict[tuple[str, int, int], FloatArray]:
+    """dE/dx values per (true hypothesis, p bin, cos theta bin), in one sort."""
+    n_p, n_cos = p_edges.size - 1, cos_edges.size - 1
+    p_bin = np.digitize(tracks.p, p_edges) - 1
+    cos_bin = np.digitize(tracks.cos_theta, cos_edges) - 1
     hypothesis_index = np.array([hypotheses.index(HYPOTHESIS_OF[s]) if HYPOTHESIS_OF[s] in hypotheses else -1
                                  for s in SPECIES])[tracks.species]
     inside = (p_bin >= 0) & (p_bin < n_p) & (cos_bin >= 0) & (cos_bin < n_cos) & (hypothesis_index >= 0)
@@ -679,26 +698,48 @@ def _group_by_bin(tracks: Tracks, hypotheses: Sequence[str]) -> dict[tuple[str, 
     return groups
 
 
-def _distribution_metrics(truth: Tracks, generated: Tracks, hypotheses: Sequence[str]) -> dict[str, float]:
-    """W1 (in units of the truth core width) and KS of dE/dx per (hypothesis, p, cos theta) bin."""
-    groups_truth = _group_by_bin(truth, hypotheses)
-    groups_generated = _group_by_bin(generated, hypotheses)
-    per_hypothesis: dict[str, list[tuple[float, float]]] = {h: [] for h in hypotheses}
+def _bin_distances(
+    truth: Tracks, generated: Tracks, hypotheses: Sequence[str], p_edges: FloatArray, cos_edges: FloatArray
+) -> dict[str, list[tuple[float, float, float]]]:
+    """(W1 / truth core width, KS, KS * sqrt(n_eff)) per bin with enough tracks in both samples, by hypothesis."""
+    groups_truth = _group_by_bin(truth, hypotheses, p_edges, cos_edges)
+    groups_generated = _group_by_bin(generated, hypotheses, p_edges, cos_edges)
+    per_hypothesis: dict[str, list[tuple[float, float, float]]] = {h: [] for h in hypotheses}
     for key, values in groups_truth.items():
         other = groups_generated.get(key)
         if other is None or min(values.size, other.size) < MIN_ENTRIES_DISTRIBUTION:
             continue
         _, width = m.core_mean_width(values)
         scale = width if width > 0 else 1.0
-        per_hypothesis[key[0]].append((m.wasserstein_1d(values, other) / scale, m.ks_statistic(values, other)))
-    everything = [item for items in per_hypothesis.values() for item in items]
-    out: dict[str, float] = {"n_distribution_bins": len(everything)}
-    for suffix, items in [("", everything)] + [(f"_{h}", per_hypothesis[h]) for h in hypotheses]:
-        array = np.array(items).reshape(-1, 2)
+        ks = m.ks_statistic(values, other)
+        # KS * sqrt(n_eff) follows the Kolmogorov distribution when both samples agree, whatever the bin size.
+        scaled = ks * np.sqrt(values.size * other.size / (values.size + other.size))
+        per_hypothesis[key[0]].append((m.wasserstein_1d(values, other) / scale, ks, scaled))
+    return per_hypothesis
+
+
+def _distribution_metrics(
+    truth: Tracks, generated: Tracks, hypotheses: Sequence[str], present: Sequence[str]
+) -> dict[str, Any]:
+    """W1 (in units of the truth core width) and KS of dE/dx per (hypothesis, p, cos theta) bin.
+
+    Small samples fall back to coarser grids (p only, then one bin per hypothesis): the finest grid on
+    which every compared hypothesis has at least one bin with enough tracks is used.
+    """
+    grid_name, per_hypothesis = "", {}
+    for name, p_edges, cos_edges in _DISTRIBUTION_GRIDS:
+        grid_name, per_hypothesis = name, _bin_distances(truth, generated, hypotheses, p_edges, cos_edges)
+        if all(per_hypothesis[h] for h in present):
+            break
+    everything = [item for h in present for item in per_hypothesis[h]]
+    out: dict[str, Any] = {"n_distribution_bins": len(everything), "distribution_grid": grid_name}
+    for suffix, items in [("", everything)] + [(f"_{h}", per_hypothesis[h]) for h in present]:
+        array = np.array(items).reshape(-1, 3)
         out[f"mean_wasserstein{suffix}"] = float(array[:, 0].mean()) if array.size else float("nan")
         out[f"max_ks{suffix}"] = float(array[:, 1].max()) if array.size else float("nan")
         if not suffix:
             out["mean_ks"] = float(array[:, 1].mean()) if array.size else float("nan")
+            out["max_ks_scaled"] = float(array[:, 2].max()) if array.size else float("nan")
     return out
 
 
@@ -776,18 +817,19 @@ _AXIS_LABELS = {"p": r"$p$ (GeV/$c$)", "cos_theta": r"$\cos\theta$"}
 
 
 def _pid_figures(
-    out: Path, counts: Mapping[str, tuple[PidCounts, PidCounts]], hypotheses: Sequence[str], labels: tuple[str, str]
+    out: Path, counts: Mapping[str, tuple[PidCounts, PidCounts]], hypotheses: Sequence[str], present: Sequence[str],
+    labels: tuple[str, str]
 ) -> list[tuple[str, str]]:
     """PID efficiency and mis-ID rate vs p and vs cos(theta), truth vs generated with ratio panels."""
     figures = []
     for variable, (truth, generated) in counts.items():
-        efficiencies = {h: (truth.rate(h, h), generated.rate(h, h)) for h in hypotheses}
+        efficiencies = {h: (truth.rate(h, h), generated.rate(h, h)) for h in present}
         name = f"pid_eff_vs_{variable}.png"
         plots.plot_curve_comparison(out / name, truth.edges, {h: v[0] for h, v in efficiencies.items()},
                                     {h: v[1] for h, v in efficiencies.items()}, xlabel=_AXIS_LABELS[variable],
                                     ylabel="PID efficiency", labels=labels, ylim=(0.0, 1.15))
         figures.append((name, f"dE/dx PID efficiency vs {variable} (|chi| < {MAX_ABS_CHI}, minimum |chi|)."))
-        pairs = [(a, b) for a in hypotheses for b in hypotheses if a != b]
+        pairs = [(a, b) for a in present for b in hypotheses if a != b]
         misid = {f"{a}->{b}": (truth.rate(a, b), generated.rate(a, b)) for a, b in pairs}
         name = f"misid_vs_{variable}.png"
         plots.plot_curve_comparison(out / name, truth.edges, {k: v[0] for k, v in misid.items()},
@@ -837,7 +879,9 @@ def validate_dedx(
     names = _check_hypotheses(hypotheses)
     truth_tracks, generated_tracks = as_tracks(truth, "truth"), as_tracks(generated, "generated")
     _check_same_species(truth_tracks, generated_tracks)
-    if not any(HYPOTHESIS_OF[s] in names for s in truth_tracks.labels_present()):
+    # True species compared: the hypotheses with truth tracks (tracks can still be assigned to any name).
+    present = tuple(h for h in names if any(HYPOTHESIS_OF[s] == h for s in truth_tracks.labels_present()))
+    if not present:
         raise DataError(f"column 'species': truth has no track of the hypotheses {list(names)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -853,26 +897,26 @@ def validate_dedx(
                                "hypotheses": ",".join(names)}
     metrics.update(calibration.to_metrics())
     for sample_name, tracks, chi_values, assigned_values in zip(("truth", "generated"), samples, chis, assigned):
-        metrics.update(_chi_summary(chi_values, tracks, names, sample_name))
-        metrics.update(_integrated_rates(tracks, assigned_values, names, sample_name,
+        metrics.update(_chi_summary(chi_values, tracks, present, sample_name))
+        metrics.update(_integrated_rates(tracks, assigned_values, names, present, sample_name,
                                          binnings["p"][[0, -1]]))
-    pid_metrics, counts = _pid_metrics(truth_tracks, generated_tracks, assigned, names, binnings)
+    pid_metrics, counts = _pid_metrics(truth_tracks, generated_tracks, assigned, names, binnings, present)
     metrics.update(pid_metrics)
-    metrics.update(_distribution_metrics(truth_tracks, generated_tracks, names))
+    metrics.update(_distribution_metrics(truth_tracks, generated_tracks, names, present))
     metrics["classifier_auc"] = m.classifier_auc(classifier_features(truth_tracks, calibration),
                                                  classifier_features(generated_tracks, calibration),
                                                  seed=seed, max_rows=classifier_max_rows)
 
     figures: list[tuple[str, str]] = []
     if make_figures:
-        figures += _dedx_figures(out, truth_tracks, generated_tracks, names, labels)
-        figures += _chi_figure(out, chis, samples, names, labels)
-        figures += _pid_figures(out, counts, names, labels)
+        figures += _dedx_figures(out, truth_tracks, generated_tracks, present, labels)
+        figures += _chi_figure(out, chis, samples, present, labels)
+        figures += _pid_figures(out, counts, names, present, labels)
     write_metrics(out / "metrics.json", metrics)
     write_report_html(out, f"dE/dx validation: truth vs {label_generated}", metrics, figures, notes=[
         "The dE/dx calibration (expected-value curve and resolution model) is fitted once on the truth sample "
         "and applied to both samples.",
-        f"PID: minimum |chi| over hypotheses {list(names)}, |chi| < {MAX_ABS_CHI}, at least {MIN_GOOD_HITS} hits.",
+        f"PID: minimum |chi| over hypotheses {', '.join(names)}, |chi| < {MAX_ABS_CHI}, at least {MIN_GOOD_HITS} hits.",
         "chi2/ndf use two-proportion pulls per bin; ~1 means agreement within statistics.",
     ], key_metrics=_report_order(metrics))
     return metrics
