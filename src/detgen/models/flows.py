@@ -66,8 +66,14 @@ class ConditionalFlow(ModelFamily):
             )
         else:
             self.flow = zuko.flows.MAF(**common)  # type: ignore[arg-type]
+        self._stack: SplineStackGenerator | None = None
+        if n_targets == 1 and config.transform == "rqs":
+            # a view of the flow's own layers (not a copy): excluded from state_dict to keep one set of weights
+            object.__setattr__(self, "_stack", SplineStackGenerator(self.flow, bins=config.bins, bound=config.bound))
 
     def log_prob(self, targets: Tensor, conditions: Tensor) -> Tensor:
+        if self._stack is not None:  # same function, one batched pass over the blocks
+            return self._stack.log_prob(targets, conditions)
         return self.flow(conditions).log_prob(targets)
 
     def loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
@@ -75,8 +81,8 @@ class ConditionalFlow(ModelFamily):
 
     def generator(self) -> nn.Module:
         """The sampler graph; one-target spline flows get the specialised (same-function) generator."""
-        if self.n_targets == 1 and self.config.transform == "rqs":
-            return SplineStackGenerator(self.flow, bins=self.config.bins, bound=self.config.bound)
+        if self._stack is not None:
+            return self._stack
         return FlowGenerator(self.flow)
 
 
@@ -136,6 +142,33 @@ class SplineStackGenerator(nn.Module):
         c = -s * dy
         z = 2 * c / (-b - (b * b - 4 * a * c).sqrt())
         return torch.where(inside, x0 + z * (x1 - x0), y)
+
+    def _forward(self, x: Tensor, knots_x: Tensor, knots_y: Tensor, slopes: Tensor) -> tuple[Tensor, Tensor]:
+        """One monotonic rational-quadratic spline and log |dy/dx|; identity outside [-bound, bound]."""
+        k = (knots_x < x).sum(1, keepdim=True) - 1
+        inside = (k >= 0) & (k < self.bins)
+        k = k.clamp(0, self.bins - 1)
+        x0, x1 = knots_x.gather(1, k), knots_x.gather(1, k + 1)
+        y0, y1 = knots_y.gather(1, k), knots_y.gather(1, k + 1)
+        d0, d1 = slopes.gather(1, k), slopes.gather(1, k + 1)
+        s = (y1 - y0) / (x1 - x0)
+        z = torch.where(inside, (x - x0) / (x1 - x0), torch.zeros_like(x))
+        zz = z * (1 - z)
+        denominator = s + (d0 + d1 - 2 * s) * zz
+        y = y0 + (y1 - y0) * (s * z * z + d0 * zz) / denominator
+        jacobian = s * s * (2 * s * zz + d0 * (1 - z) ** 2 + d1 * z * z) / denominator**2
+        log_det = torch.where(inside, jacobian.log(), torch.zeros_like(x))
+        return torch.where(inside, y, x), log_det
+
+    def log_prob(self, targets: Tensor, conditions: Tensor) -> Tensor:
+        """log density of the flow with a standard-normal base (equals zuko's, tested)."""
+        knots_x, knots_y, slopes = self._spline_parameters(conditions)
+        z = targets[:, :1]
+        total = torch.zeros_like(z)
+        for block in range(self.n_blocks):
+            z, log_det = self._forward(z, knots_x[block], knots_y[block], slopes[block])
+            total = total + log_det
+        return (total - 0.5 * z * z - 0.5 * math.log(2 * math.pi)).squeeze(1)
 
     def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
         knots_x, knots_y, slopes = self._spline_parameters(conditions)
