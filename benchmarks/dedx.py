@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--n-per-species", type=int, default=200_000)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--step-epochs", type=int, default=5, help="halve the learning rate every N epochs")
     parser.add_argument("--throughput-rows", type=int, default=1_000_000)
     args = parser.parse_args()
     out = args.out
@@ -87,7 +88,9 @@ def main() -> None:
 
     flow_config = load_config(CONFIGS / "dedx_besiii.yaml")
     flow_config = dataclasses.replace(flow_config, data=dataclasses.replace(flow_config.data, groups=SPECIES))
-    flow_config = flow_config.replace_training(epochs=args.epochs, batch_size=args.batch_size)
+    flow_config = flow_config.replace_training(
+        epochs=args.epochs, batch_size=args.batch_size,
+        schedule=dataclasses.replace(flow_config.training.schedule, step_epochs=args.step_epochs))
     hist_config = load_config(CONFIGS / "dedx_histogram.yaml")
     hist_config = dataclasses.replace(hist_config, data=dataclasses.replace(hist_config.data, groups=SPECIES))
 

@@ -71,6 +71,9 @@ class HistogramConfig:
     target_bins: int = 100
     #: Cells with fewer training rows than this fall back to the 1-D histogram of their first-condition bin.
     min_entries: int = 50
+    #: Knots of a smooth mean curve in the first condition (the calibrated beta*gamma curve of the
+    #: conventional method); the histograms then hold residuals from it. 0: histograms of the raw target.
+    mean_curve_knots: int = 40
 
 
 MODEL_CONFIGS: dict[str, type] = {"flow": FlowConfig, "histogram": HistogramConfig}
