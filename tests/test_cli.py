@@ -1,0 +1,99 @@
+"""Bad input through the command line: one line naming the file/column/key, exit code 2, no output left."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from detgen.cli import main as detgen
+from detgen.io import write_table
+
+from conftest import toy_config, toy_table
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert detgen(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.fixture()
+def config_path(tmp_path: Path) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(toy_config()))
+    return path
+
+
+def test_truncated_and_empty_data_files(tmp_path: Path, toy_file: Path, config_path: Path, capsys) -> None:
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(toy_file.read_bytes()[: toy_file.stat().st_size // 2])
+    line = one_line_error(capsys, ["train", str(config_path), "--data", str(truncated), "-o", str(tmp_path / "r1")])
+    assert "truncated.parquet" in line
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    line = one_line_error(capsys, ["train", str(config_path), "--data", str(empty), "-o", str(tmp_path / "r2")])
+    assert "empty.parquet" in line
+    assert not (tmp_path / "r1" / "model.safetensors").exists() and not (tmp_path / "r2" / "model.safetensors").exists()
+
+
+def test_misspelled_column_and_unknown_config_key(tmp_path: Path, toy_file: Path, capsys) -> None:
+    raw = toy_config(data__conditions=["p", "thetaa", "nhits"])
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    line = one_line_error(capsys, ["train", str(path), "--data", str(toy_file), "-o", str(tmp_path / "r")])
+    assert "'thetaa'" in line and "toy.parquet" in line and "theta" in line
+    raw = toy_config()
+    raw["training"]["epoch"] = 3
+    path.write_text(yaml.safe_dump(raw))
+    line = one_line_error(capsys, ["train", str(path), "--data", str(toy_file), "-o", str(tmp_path / "r")])
+    assert "training.epoch" in line and "did you mean 'epochs'" in line
+
+
+@pytest.mark.parametrize(("column", "value"), [("p", -1.0), ("dedx", np.nan), ("nhits", np.inf)])
+def test_bad_values_in_training_data(tmp_path: Path, config_path: Path, capsys, column: str, value: float) -> None:
+    table = toy_table(500)
+    table[column] = table[column].astype(float)
+    table[column][5] = value
+    bad = tmp_path / "bad.parquet"
+    write_table(bad, table)
+    line = one_line_error(capsys, ["train", str(config_path), "--data", str(bad), "-o", str(tmp_path / "r")])
+    assert f"'{column}'" in line and "bad.parquet" in line
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_unknown_species_when_generating(tmp_path: Path, toy_file: Path, capsys) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(toy_config(data={"conditions": ["species", "p"], "categorical": ["species"],
+                                                    "targets": ["dedx"], "transforms": {"p": "log", "dedx": "log"}})))
+    assert detgen(["--no-progress", "train", str(path), "--data", str(toy_file), "-o", str(tmp_path / "r"),
+                   "--epochs", "1"]) == 0
+    capsys.readouterr()
+    conditions = toy_table(50)
+    conditions["species"][1] = "X+"
+    write_table(tmp_path / "cond.parquet", conditions)
+    line = one_line_error(capsys, ["--no-progress", "generate", str(tmp_path / "r"), "--conditions",
+                                   str(tmp_path / "cond.parquet"), "-o", str(tmp_path / "g.parquet")])
+    assert "'species'" in line and "'X+'" in line and "cond.parquet" in line
+    assert not (tmp_path / "g.parquet").exists()
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(tmp_path: Path, toy_file: Path, config_path: Path, capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    line = one_line_error(capsys, ["train", str(config_path), "--data", str(toy_file), "-o", str(tmp_path / "r"),
+                                   "--device", "cuda"])
+    assert "CUDA is not available" in line
+
+
+def test_console_script_entry_point() -> None:
+    result = subprocess.run([sys.executable, "-m", "detgen", "--help"], capture_output=True, text=True, check=True)
+    for verb in ("simulate", "train", "generate", "validate", "export"):
+        assert verb in result.stdout
