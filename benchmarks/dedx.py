@@ -71,13 +71,29 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--step-epochs", type=int, default=5, help="halve the learning rate every N epochs")
     parser.add_argument("--throughput-rows", type=int, default=1_000_000)
+    parser.add_argument("--phase", choices=("all", "fidelity", "throughput"), default="all",
+                        help="throughput reuses the runs a fidelity phase left in --out")
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"command": "python benchmarks/dedx.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-        "torch": torch.__version__}
+    results_path = out / "results.json"
+    results: dict = json.loads(results_path.read_text()) if results_path.exists() else {}
+    command = "python benchmarks/dedx.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
+    results.update({f"command_{args.phase}": command,
+                    "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+                    "torch": torch.__version__})
+    if args.phase in ("all", "fidelity"):
+        fidelity(args, results)
+    if args.phase in ("all", "throughput"):
+        throughput(args, results)
+    results_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+def fidelity(args: argparse.Namespace, results: dict) -> None:
+    """Train flow and baseline, generate on the held-out split, validate both."""
+    out = args.out
 
     data = out / "dedx.parquet"
     started = time.perf_counter()
@@ -110,7 +126,11 @@ def main() -> None:
         metrics = validate_dedx(read_table(truth_path), read_table(generated), out / f"report_{label}")
         results[label] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
-    # ---- throughput, side by side on the same conditions
+
+
+def throughput(args: argparse.Namespace, results: dict) -> None:
+    """Tracks/s of every sampler, side by side in this one process, on the same conditions."""
+    out = args.out
     rows = args.throughput_rows
     results["tracks_per_second"] = {
         "reference_simulator": rate(lambda: simulate_dedx(rows, seed=3, species=SPECIES), rows, repeats=1)}
@@ -126,28 +146,26 @@ def main() -> None:
         speeds[f"zuko_flow_sampler_chunk{chunk}"] = sampler_rate(zuko_generator, flow_run, cond_table, chunk)
     for chunk in (2048, 8192, 65536):
         speeds[f"detgen_flow_sampler_chunk{chunk}"] = sampler_rate(flow_run.model.generator(), flow_run, cond_table, chunk)
-    started = time.perf_counter()
     cond_path = out / "throughput_conditions.parquet"
     write_table(cond_path, cond_table)
     gen_info = generate(out / "run_flow", cond_path, out / "throughput_generated.parquet", progress=False)
     speeds["detgen_generate_command_end_to_end"] = gen_info["rows_per_second"]
 
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    (out / "results.md").write_text(markdown(results))
-    print(markdown(results))
-
 
 def markdown(results: dict) -> str:
-    lines = [f"Command: `{results['command']}`", "", f"Machine: {results['machine']}, torch {results['torch']}", "",
-             "| metric | flow | histogram baseline |", "|---|---|---|"]
-    for key in KEYS + sorted(k for k in results["flow"] if k.startswith(("pid_eff_chi2_ndf_", "misid_chi2_ndf_"))):
-        f, h = results["flow"].get(key, np.nan), results["histogram"].get(key, np.nan)
-        lines.append(f"| {key} | {f:.3f} | {h:.3f} |")
-    lines += ["", f"Training wall time: flow {results['train_seconds_flow']:.0f} s, "
-              f"histogram {results['train_seconds_histogram']:.0f} s", "",
-              "| sampler | tracks/s |", "|---|---|"]
-    for key, value in results["tracks_per_second"].items():
-        lines.append(f"| {key} | {value:,.0f} |")
+    commands = [f"`{v}`" for k, v in sorted(results.items()) if k.startswith("command_")]
+    lines = ["Commands: " + "; ".join(commands), "", f"Machine: {results['machine']}, torch {results['torch']}", ""]
+    if "flow" in results and "histogram" in results:
+        lines += ["| metric | flow | histogram baseline |", "|---|---|---|"]
+        breakdown = sorted(k for k in results["flow"] if k.startswith(("pid_eff_chi2_ndf_", "misid_chi2_ndf_")))
+        for key in KEYS + breakdown:
+            f, h = results["flow"].get(key, np.nan), results["histogram"].get(key, np.nan)
+            lines.append(f"| {key} | {f:.3f} | {h:.3f} |")
+        lines += ["", f"Training wall time: flow {results['train_seconds_flow']:.0f} s, "
+                  f"histogram {results['train_seconds_histogram']:.0f} s", ""]
+    if "tracks_per_second" in results:
+        lines += ["| sampler | tracks/s |", "|---|---|"]
+        lines += [f"| {key} | {value:,.0f} |" for key, value in results["tracks_per_second"].items()]
     return "\n".join(lines) + "\n"
 
 

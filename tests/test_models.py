@@ -105,20 +105,26 @@ def test_histogram_mean_curve_follows_a_steep_smooth_mean() -> None:
 
 
 def test_spline_stack_generator_equals_zukos_inverse() -> None:
-    from detgen.models.flows import FlowGenerator, SplineStackGenerator
+    from detgen.models.flows import FlowGenerator, FrozenSplineSampler, SplineStackGenerator
 
     torch.manual_seed(3)
     flow = ConditionalFlow(n_targets=1, n_conditions=4, config=FlowConfig(blocks=4, hidden=[16, 16], bins=5, bound=4.0))
     with torch.no_grad():
         for p in flow.parameters():  # move away from the near-identity initialisation
             p.add_(0.5 * torch.randn_like(p))
-    assert isinstance(flow.generator(), SplineStackGenerator)
+    assert isinstance(flow.generator(), FrozenSplineSampler)
     c = torch.randn(5000, 4)
-    z = torch.randn(5000, 1) * 3  # includes values outside the spline domain (identity there)
+    z = torch.randn(5000, 1) * 5  # includes values outside the spline domain (identity there)
+    assert float(z.abs().max()) > 4.0
+    reference = FlowGenerator(flow.flow)(z, c).detach()
     with torch.no_grad():
-        fast = flow.generator()(z, c)
-        reference = FlowGenerator(flow.flow)(z, c)
-    assert torch.allclose(fast, reference, atol=1e-5, rtol=1e-5)
+        stack = SplineStackGenerator(flow.flow, bins=5, bound=4.0)(z, c)
+    with torch.inference_mode():
+        frozen = flow.generator()(z, c)
+    assert torch.allclose(stack, reference, atol=1e-5, rtol=1e-5)
+    # float32 rounding of the normalisation, amplified by these deliberately steep splines: < 1e-3
+    assert torch.allclose(frozen, reference, atol=1e-3, rtol=1e-3)
+    assert float((frozen - reference).abs().median()) < 1e-6
 
 
 def test_fast_log_prob_equals_zukos_with_the_same_gradients() -> None:

@@ -8,8 +8,6 @@ The exported graph has inputs ``noise`` (N, noise_dim) and ``conditions`` (N, n_
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 
 from detgen.errors import DetgenError
+from detgen.files import atomic_path
 from detgen.runs import load_run
 
 
@@ -51,9 +50,8 @@ def export_onnx(
     conditions = _example_conditions(run, check_rows, gen)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".onnx")
-    os.close(fd)
-    try:
+    with atomic_path(out, suffix=".onnx") as temporary:
+        tmp = str(temporary)
         with warnings.catch_warnings():
             # the tracer warns about shape-specialised Python loops inside zuko's transforms; the agreement
             # check below (and the tests, at another batch size) are what verify the graph
@@ -75,10 +73,6 @@ def export_onnx(
                  "max_rel_diff": float((diff / np.maximum(np.abs(torch_out), 1e-12)).max())}
         if not check["max_rel_diff"] < tolerance:
             raise DetgenError(f"{out}: onnxruntime disagrees with torch (max relative difference {check['max_rel_diff']:.2e})")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return check
 
 

@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,31 +30,17 @@ import detgen
 from detgen.config import Config, config_from_dict, dump_config
 from detgen.device import resolve_device
 from detgen.errors import SchemaError
+from detgen.files import atomic_path, write_text_atomic
 from detgen.models import Sampler, build_model
 from detgen.models.base import ModelFamily
 from detgen.preprocessing import Preprocessor
 
 RUN_FORMAT = 1
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 # ------------------------------------------------------------------------------------------ atomic writes
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    write_text_atomic(path, text)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -64,7 +49,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(tensors, tmp))
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary))
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

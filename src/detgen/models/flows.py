@@ -71,6 +71,12 @@ class ConditionalFlow(ModelFamily):
             # a view of the flow's own layers (not a copy): excluded from state_dict to keep one set of weights
             object.__setattr__(self, "_stack", SplineStackGenerator(self.flow, bins=config.bins, bound=config.bound))
 
+    def outside_domain(self, targets: Tensor) -> int:
+        """Training rows with a target outside the spline domain (where the flow is the identity)."""
+        if self.config.transform != "rqs":
+            return 0
+        return int((targets.abs() > self.config.bound).any(1).sum())
+
     def log_prob(self, targets: Tensor, conditions: Tensor) -> Tensor:
         if self._stack is not None:  # same function, one batched pass over the blocks
             return self._stack.log_prob(targets, conditions)
@@ -82,8 +88,28 @@ class ConditionalFlow(ModelFamily):
     def generator(self) -> nn.Module:
         """The sampler graph; one-target spline flows get the specialised (same-function) generator."""
         if self._stack is not None:
-            return self._stack
+            return FrozenSplineSampler(self._stack)
         return FlowGenerator(self.flow)
+
+
+def rqs_inverse(y: Tensor, knots_x: Tensor, knots_y: Tensor, slopes: Tensor, bins: int) -> Tensor:
+    """Inverse of one monotonic rational-quadratic spline; identity outside [-bound, bound]."""
+    k = (knots_y < y).sum(1, keepdim=True) - 1
+    inside = (k >= 0) & (k < bins)
+    k = k.clamp(0, bins - 1)
+    x0, x1 = knots_x.gather(1, k), knots_x.gather(1, k + 1)
+    y0, y1 = knots_y.gather(1, k), knots_y.gather(1, k + 1)
+    d0, d1 = slopes.gather(1, k), slopes.gather(1, k + 1)
+    height = y1 - y0
+    s = height / (x1 - x0)
+    dy = torch.where(inside, y - y0, torch.zeros_like(y))
+    curvature = d0 + d1 - 2 * s
+    a = height * (s - d0) + dy * curvature
+    b = height * d0 - dy * curvature
+    c = -s * dy
+    z = 2 * c / (-b - (b * b - 4 * a * c).sqrt())
+    return torch.where(inside, x0 + z * (x1 - x0), y)
+
 
 
 class SplineStackGenerator(nn.Module):
@@ -125,24 +151,6 @@ class SplineStackGenerator(nn.Module):
         knots_y = self.bound * (2 * F.pad(torch.cumsum(heights, -1), (1, 0)) - 1)
         return knots_x, knots_y, F.pad(slopes, (1, 1), value=1.0)
 
-    def _invert(self, y: Tensor, knots_x: Tensor, knots_y: Tensor, slopes: Tensor) -> Tensor:
-        """Inverse of one monotonic rational-quadratic spline; identity outside [-bound, bound]."""
-        k = (knots_y < y).sum(1, keepdim=True) - 1
-        inside = (k >= 0) & (k < self.bins)
-        k = k.clamp(0, self.bins - 1)
-        x0, x1 = knots_x.gather(1, k), knots_x.gather(1, k + 1)
-        y0, y1 = knots_y.gather(1, k), knots_y.gather(1, k + 1)
-        d0, d1 = slopes.gather(1, k), slopes.gather(1, k + 1)
-        height = y1 - y0
-        s = height / (x1 - x0)
-        dy = torch.where(inside, y - y0, torch.zeros_like(y))
-        curvature = d0 + d1 - 2 * s
-        a = height * (s - d0) + dy * curvature
-        b = height * d0 - dy * curvature
-        c = -s * dy
-        z = 2 * c / (-b - (b * b - 4 * a * c).sqrt())
-        return torch.where(inside, x0 + z * (x1 - x0), y)
-
     def _forward(self, x: Tensor, knots_x: Tensor, knots_y: Tensor, slopes: Tensor) -> tuple[Tensor, Tensor]:
         """One monotonic rational-quadratic spline and log |dy/dx|; identity outside [-bound, bound]."""
         k = (knots_x < x).sum(1, keepdim=True) - 1
@@ -174,5 +182,46 @@ class SplineStackGenerator(nn.Module):
         knots_x, knots_y, slopes = self._spline_parameters(conditions)
         y = noise[:, :1]
         for block in range(self.n_blocks - 1, -1, -1):  # the inverse runs the blocks backwards
-            y = self._invert(y, knots_x[block], knots_y[block], slopes[block])
+            y = rqs_inverse(y, knots_x[block], knots_y[block], slopes[block], self.bins)
+        return y
+
+
+class FrozenSplineSampler(nn.Module):
+    """Inference copy of a :class:`SplineStackGenerator`: the same function, weights pre-stacked as buffers.
+
+    Built by ``ConditionalFlow.generator()`` for sampling and export (nothing here is trained): the blocks'
+    weights are stacked once instead of on every call, the bin logits are normalised on contiguous data, and
+    activations are applied in place. Tests check it against zuko's inverse.
+    """
+
+    def __init__(self, stack: SplineStackGenerator):
+        super().__init__()
+        self.bins, self.bound, self.log_slope, self.n_blocks = stack.bins, stack.bound, stack.log_slope, stack.n_blocks
+        n_layers = len(stack.blocks[0])
+        with torch.no_grad():
+            for layer in range(n_layers):
+                weight = torch.stack([b[layer].weight for b in stack.blocks]).transpose(1, 2).contiguous()
+                bias = torch.stack([b[layer].bias for b in stack.blocks]).unsqueeze(1).contiguous()
+                self.register_buffer(f"weight{layer}", weight.detach().clone())
+                self.register_buffer(f"bias{layer}", bias.detach().clone())
+        self.n_layers = n_layers
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        h = conditions.unsqueeze(0).expand(self.n_blocks, -1, -1)
+        for layer in range(self.n_layers):
+            h = torch.baddbmm(getattr(self, f"bias{layer}"), h, getattr(self, f"weight{layer}"))
+            if layer < self.n_layers - 1:
+                h = torch.relu(h) if torch.is_grad_enabled() else h.clamp_min_(0)
+        k = self.bins
+        logits = h[..., : 2 * k]
+        logits = logits / (1 + (2 / abs(self.log_slope)) * logits.abs())
+        # soft-bounded logits are below |ln slope| / 2 ~ 3.5, so exp cannot overflow: no max subtraction
+        weights = torch.exp(logits).view(self.n_blocks, -1, 2, k)
+        weights = weights / weights.sum(-1, keepdim=True)
+        knots = self.bound * (2 * F.pad(torch.cumsum(weights, -1), (1, 0)) - 1)
+        slopes = h[..., 2 * k :]
+        slopes = F.pad(torch.exp(slopes / (1 + slopes.abs() / abs(self.log_slope))), (1, 1), value=1.0)
+        y = noise[:, :1]
+        for block in range(self.n_blocks - 1, -1, -1):
+            y = rqs_inverse(y, knots[block, :, 0], knots[block, :, 1], slopes[block], self.bins)
         return y

@@ -45,6 +45,9 @@ class HistogramSampling(ModelFamily):
     low: Tensor
     width: Tensor
     strides: Tensor
+    fitted: Tensor
+    curve_x: Tensor
+    curve_y: Tensor
 
     def __init__(self, *, n_targets: int, n_conditions: int, config: HistogramConfig):
         super().__init__()
@@ -126,7 +129,7 @@ class HistogramSampling(ModelFamily):
                 if values.numel() == 0:
                     values = y
             self._fill_cell(cell, values)
-        self.fitted.fill_(True)  # type: ignore[operator]
+        self.fitted.fill_(True)
         return {"histogram_cells": n_cells, "histogram_cells_fallback": fallback,
                 "histogram_cells_empty": int((counts == 0).sum())}
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ import numpy as np
 from matplotlib import colors
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
+
+from detgen.files import atomic_path
 
 #: Colours for successive curves (colour-blind-safe palette used by mplhep's styles).
 PALETTE: tuple[str, ...] = ("#5790fc", "#f89c20", "#e42536", "#964a8b", "#9c9ca1", "#7a21dd")
@@ -65,15 +66,8 @@ def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: int = 110)
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png", dpi=dpi)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with atomic_path(target) as temporary, open(temporary, "wb") as stream:
+        figure.savefig(stream, format="png", dpi=dpi)
     return target
 
 
