@@ -114,3 +114,18 @@ def test_run_from_a_different_schema_is_refused(tmp_path: Path, run_dir: Path) -
     (copy / "config.yaml").write_text(dump_config(other))
     with pytest.raises(SchemaError, match="weights do not fit"):
         load_run(copy)
+
+
+@pytest.mark.slow
+def test_compiled_generation_equals_eager(tmp_path: Path, run_dir: Path, toy_file: Path) -> None:
+    eager, compiled = tmp_path / "eager.parquet", tmp_path / "compiled.parquet"
+    generate(run_dir, toy_file, eager, seed=3, progress=False, log=quiet)
+    generate(run_dir, toy_file, compiled, seed=3, compile=True, progress=False, log=quiet)
+    assert np.allclose(read_table(eager)["dedx"], read_table(compiled)["dedx"], rtol=1e-3)
+
+
+def test_chunking_inside_a_batch_does_not_change_the_output(tmp_path: Path, run_dir: Path, toy_file: Path) -> None:
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    generate(run_dir, toy_file, a, seed=3, chunk_rows=8192, progress=False, log=quiet)
+    generate(run_dir, toy_file, b, seed=3, chunk_rows=100, progress=False, log=quiet)
+    assert np.allclose(read_table(a)["dedx"], read_table(b)["dedx"], rtol=1e-6)

@@ -97,6 +97,15 @@ def test_resume_refuses_a_changed_config_or_data(tmp_path: Path, toy_file: Path)
         train(config_from_dict(toy_config()), other, run_dir, resume=True, progress=False, log=quiet)
 
 
+def test_a_listed_group_without_data_is_an_error(tmp_path: Path, toy_file: Path) -> None:
+    from detgen.errors import DataError
+
+    raw = toy_config(data={"conditions": ["p"], "targets": ["dedx"], "group_by": "species",
+                           "groups": ["pi+", "K+", "pbar"], "transforms": {"p": "log", "dedx": "log"}})
+    with pytest.raises(DataError, match="no training rows for pbar"):
+        run(tmp_path, toy_file, "a", raw=raw)
+
+
 def test_learning_rate_schedules() -> None:
     step = config_from_dict(toy_config(training={"lr": 1e-3, "schedule": {"kind": "step", "step_epochs": 10}})).training
     assert [learning_rate(step, e) for e in (0, 9, 10, 25)] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])

@@ -98,6 +98,14 @@ def prepare(path: str | Path, data: DataConfig, *, preprocessor: Preprocessor | 
     train, val, test = split_table(table, data)
     if table_length(train) == 0 or table_length(val) == 0:
         raise DataError(f"{source}: too few rows ({table_length(table)}) for a training and a validation split")
+    if data.group_by and data.groups:
+        present = set(np.asarray(train[data.group_by]).astype(str))
+        missing = [g for g in data.groups if g not in present]
+        if missing:
+            raise DataError(
+                f"{source}: column {data.group_by!r} has no training rows for {', '.join(missing)} "
+                f"(data.groups lists them); remove them from data.groups or add their data"
+            )
     if preprocessor is None:
         preprocessor = Preprocessor.fit(
             train,

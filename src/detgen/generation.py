@@ -62,6 +62,8 @@ def generate(
     batch_size: int = 65536,
     device: str | None = None,
     split: str | None = None,
+    compile: bool = False,
+    chunk_rows: int = 8192,
     progress: bool = True,
     log: Log = print,
 ) -> dict[str, Any]:
@@ -69,6 +71,9 @@ def generate(
 
     The output holds every column of the conditions file with the target columns (re)placed by generated
     values. Written to a temporary file and renamed at the end: no partial output on failure.
+    ``batch_size`` rows are drawn and written at a time; the sampler sees them in chunks of ``chunk_rows``
+    (small enough to stay in cache). ``compile=True`` runs the sampler through ``torch.compile`` (a one-off
+    cost of tens of seconds, worth it for large samples).
     """
     if batch_size < 1:
         raise DataError(f"--batch-size {batch_size}: expected a positive integer")
@@ -81,7 +86,9 @@ def generate(
     for column, count in outside.items():
         log(f"note: {count} row(s) have {column} outside the training range; the model extrapolates there")
     raw = run.preprocessor.condition_array(table, source=str(conditions))
-    sampler = run.sampler()
+    sampler: Any = run.sampler()
+    if compile:
+        sampler = torch.compile(sampler, dynamic=True)
     targets = run.preprocessor.target_columns
     passthrough = [c for c in table if c not in targets]
     noise_gen = torch.Generator().manual_seed(seed)
@@ -93,7 +100,8 @@ def generate(
             stop = min(start + batch_size, n)
             noise = torch.randn(stop - start, sampler.noise_dim, generator=noise_gen).to(torch_device)
             c = torch.from_numpy(raw[start:stop]).float().to(torch_device)
-            y = sampler(noise, c).cpu().numpy().astype(np.float64)
+            y = torch.cat([sampler(noise[i : i + chunk_rows], c[i : i + chunk_rows])
+                           for i in range(0, len(c), chunk_rows)]).cpu().numpy().astype(np.float64)
             if not np.isfinite(y).all():
                 raise FloatingPointError(f"generated non-finite values for rows {start}-{stop} of {conditions}")
             batch = select_rows({c: table[c] for c in passthrough}, slice(start, stop))
