@@ -68,6 +68,29 @@ def sampler_rate(generator: torch.nn.Module, run, table, chunk: int, compiled: b
     return rate(go, c.shape[0])
 
 
+def training_step_rates(batch_size: int = 512, steps: int = 60) -> dict[str, float]:
+    """Adam steps/s of one seed-architecture flow with zuko's log_prob and with detgen's batched one."""
+    from detgen.config import FlowConfig
+    from detgen.models.flows import ConditionalFlow
+
+    torch.manual_seed(0)
+    flow = ConditionalFlow(n_targets=1, n_conditions=3, config=FlowConfig())
+    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-3)
+    x, c = torch.randn(batch_size, 1), torch.randn(batch_size, 3)
+    paths = {"zuko_log_prob": lambda: flow.flow(c).log_prob(x), "detgen_log_prob": lambda: flow.log_prob(x, c)}
+    rates = {}
+    for name, log_prob in paths.items():
+        def step(log_prob=log_prob) -> None:
+            for _ in range(steps):
+                loss = -log_prob().mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+        rates[name] = rate(step, steps)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench_out/dedx"))
@@ -155,6 +178,7 @@ def throughput(args: argparse.Namespace, results: dict) -> None:
     speeds["detgen_flow_sampler_compiled_chunk8192"] = sampler_rate(
         flow_run.model.generator(), flow_run, cond_table, 8192, compiled=True)
     results["compiled_sampler_seconds_including_compile"] = time.perf_counter() - started
+    results["training_steps_per_second_batch512"] = training_step_rates()
     cond_path = out / "throughput_conditions.parquet"
     write_table(cond_path, cond_table)
     gen_info = generate(out / "run_flow", cond_path, out / "throughput_generated.parquet", progress=False)
@@ -175,6 +199,9 @@ def markdown(results: dict) -> str:
     if "tracks_per_second" in results:
         lines += ["| sampler | tracks/s |", "|---|---|"]
         lines += [f"| {key} | {value:,.0f} |" for key, value in results["tracks_per_second"].items()]
+    if "training_steps_per_second_batch512" in results:
+        lines += ["", "| training step (batch 512, one seed flow) | steps/s |", "|---|---|"]
+        lines += [f"| {key} | {value:.1f} |" for key, value in results["training_steps_per_second_batch512"].items()]
     return "\n".join(lines) + "\n"
 
 
