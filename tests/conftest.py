@@ -31,7 +31,7 @@ def toy_config(**overrides: object) -> dict:
         "name": "toy",
         "data": {"conditions": ["p", "theta", "nhits"], "targets": ["dedx"], "group_by": "species",
                  "transforms": {"p": "log", "dedx": "log"}},
-        "model": {"family": "flow", "blocks": 2, "hidden": [16, 16], "bins": 6},
+        "model": {"family": "flow", "blocks": 2, "hidden": [16, 16], "bins": 6, "bound": 5.0},
         "training": {"epochs": 3, "batch_size": 256, "metric_rows": 2000},
     }
     for key, value in overrides.items():
