@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--step-epochs", type=int, default=5, help="halve the learning rate every N epochs")
     parser.add_argument("--throughput-rows", type=int, default=1_000_000)
+    parser.add_argument("--bound", type=float, default=None, help="override the flow's spline domain (model.bound)")
     parser.add_argument("--phase", choices=("all", "fidelity", "throughput"), default="all",
                         help="throughput reuses the runs a fidelity phase left in --out")
     args = parser.parse_args()
@@ -132,6 +133,8 @@ def fidelity(args: argparse.Namespace, results: dict) -> None:
 
     flow_config = load_config(CONFIGS / "dedx_besiii.yaml")
     flow_config = dataclasses.replace(flow_config, data=dataclasses.replace(flow_config.data, groups=SPECIES))
+    if args.bound is not None:
+        flow_config = dataclasses.replace(flow_config, model=dataclasses.replace(flow_config.model, bound=args.bound))
     flow_config = flow_config.replace_training(
         epochs=args.epochs, batch_size=args.batch_size,
         schedule=dataclasses.replace(flow_config.training.schedule, step_epochs=args.step_epochs))
