@@ -154,3 +154,16 @@ def test_flow_learns_the_toys_known_momentum_dependence(tmp_path: Path, toy_file
     # toy's marginal spread of log dedx (~0.5) and not narrower than the truth
     marginal = float(np.std(np.log(read_table(toy_file)["dedx"])))
     assert TOY_RESOLUTION * 0.8 < np.mean(widths) < 0.5 * marginal
+
+
+def test_targets_outside_the_spline_domain_are_counted_and_reported(tmp_path: Path, toy_file: Path) -> None:
+    messages: list[str] = []
+    raw = toy_config(model={"family": "flow", "blocks": 1, "hidden": [8], "bins": 4, "bound": 1.0})
+    run_dir = train(config_from_dict(raw), toy_file, tmp_path / "r", epochs=1, progress=False, log=messages.append)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    # standardised targets beyond +-1 sigma: roughly a third of the rows
+    n_train = meta["data"]["n_train"]
+    assert 0.2 * n_train < meta["rows_outside_spline_domain"] < 0.45 * n_train
+    assert any("outside the flow's spline domain" in m for m in messages)
+    wide = train(config_from_dict(toy_config()), toy_file, tmp_path / "w", epochs=1, progress=False, log=quiet)
+    assert json.loads((wide / "meta.json").read_text())["rows_outside_spline_domain"] == 0
