@@ -129,3 +129,12 @@ def test_chunking_inside_a_batch_does_not_change_the_output(tmp_path: Path, run_
     generate(run_dir, toy_file, a, seed=3, chunk_rows=8192, progress=False, log=quiet)
     generate(run_dir, toy_file, b, seed=3, chunk_rows=100, progress=False, log=quiet)
     assert np.allclose(read_table(a)["dedx"], read_table(b)["dedx"], rtol=1e-6)
+
+
+def test_sampler_parts_share_the_requested_device(run_dir: Path) -> None:
+    """Everything in the sampler graph lives on the run's device (checked on CPU here; CUDA where present)."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        sampler = load_run(run_dir, device=device).sampler()
+        kinds = {t.device.type for t in [*sampler.parameters(), *sampler.buffers()]}
+        assert kinds == {device}

@@ -155,7 +155,9 @@ def load_run(path: str | os.PathLike[str], *, device: str | None = None) -> Run:
         for name, now in versions().items()
         if (made := meta.get("versions", {}).get(name)) not in (None, now)
     ]
-    model.to(resolve_device(device)).eval()
+    torch_device = resolve_device(device)
+    model.to(torch_device).eval()
+    preprocessor.to(torch_device)  # the sampler graph holds both
     return Run(path=path, config=config, preprocessor=preprocessor, model=model, meta=meta, notes=notes)
 
 
