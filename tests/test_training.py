@@ -85,6 +85,17 @@ def test_killed_run_resumes_exactly(tmp_path: Path, toy_file: Path, write_config
     assert history(full) == history(killed)
 
 
+def test_resume_before_the_first_checkpoint_starts_over(tmp_path: Path, toy_file: Path) -> None:
+    import shutil
+
+    full = run(tmp_path, toy_file, "full", epochs=2)
+    early = run(tmp_path, toy_file, "early", epochs=2)
+    shutil.rmtree(early / "checkpoints")  # as if killed during epoch 1
+    (early / "model.safetensors").unlink()
+    train(config_from_dict(toy_config()), toy_file, early, epochs=2, resume=True, progress=False, log=quiet)
+    assert (full / "model.safetensors").read_bytes() == (early / "model.safetensors").read_bytes()
+
+
 def test_resume_refuses_a_changed_config_or_data(tmp_path: Path, toy_file: Path) -> None:
     run_dir = run(tmp_path, toy_file, "a", epochs=1)
     with pytest.raises(ConfigError, match="training.lr"):

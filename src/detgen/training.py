@@ -188,7 +188,7 @@ def train(
 
     preprocessor = None
     if resume:
-            preprocessor = Preprocessor.from_json(json.loads((run_dir / "preprocessing.json").read_text()))
+        preprocessor = Preprocessor.from_json(json.loads((run_dir / "preprocessing.json").read_text()))
     prepared = prepare(data_path, config.data, preprocessor=preprocessor)
     torch.manual_seed(training.seed)
     model = build_run_model(config, prepared.preprocessor).to(torch_device)
@@ -206,9 +206,11 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
     shuffle = torch.Generator().manual_seed(training.seed + 1)
     state: dict[str, Any] = {"epoch": 0, "best_metric": math.inf, "best_epoch": -1, "history": [], "stale": 0}
-    if resume:
+    if resume and (run_dir / "checkpoints" / "last.json").is_file():
         state = load_checkpoint(run_dir, model, optimizer, shuffle)
         log(f"resuming {run_dir} after epoch {state['epoch']}")
+    elif resume:  # killed before its first checkpoint: nothing to restore, start from the beginning
+        log(f"{run_dir} has no checkpoint yet; starting from epoch 1")
     n_train = train_set[0].shape[0]
     outside = _rows_outside_domain(model, train_set)
     if outside:
