@@ -12,7 +12,7 @@ import pytest
 
 from detgen.config import config_from_dict
 from detgen.errors import ConfigError, SchemaError
-from detgen.io import write_table
+from detgen.io import read_table, write_table
 from detgen.training import learning_rate, train
 
 from conftest import toy_config, toy_table
@@ -178,3 +178,15 @@ def test_targets_outside_the_spline_domain_are_counted_and_reported(tmp_path: Pa
     assert any("outside the flow's spline domain" in m for m in messages)
     wide = train(config_from_dict(toy_config()), toy_file, tmp_path / "w", epochs=1, progress=False, log=quiet)
     assert json.loads((wide / "meta.json").read_text())["rows_outside_spline_domain"] == 0
+
+
+def test_rows_left_out_by_groups_are_reported(tmp_path: Path) -> None:
+    data = tmp_path / "three.parquet"
+    write_table(data, toy_table(3000, species=("pi+", "K+", "e-")))
+    raw = toy_config(data={"conditions": ["p"], "targets": ["dedx"], "group_by": "species", "groups": ["pi+", "K+"],
+                           "transforms": {"p": "log", "dedx": "log"}})
+    messages: list[str] = []
+    run_dir = train(config_from_dict(raw), data, tmp_path / "r", epochs=1, progress=False, log=messages.append)
+    n_electrons = int((read_table(data)["species"] == "e-").sum())
+    assert json.loads((run_dir / "meta.json").read_text())["data"]["not_in_groups_species"] == n_electrons
+    assert any(f"not_in_groups_species {n_electrons}" in m for m in messages)

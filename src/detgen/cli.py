@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from detgen.errors import DetgenError
 
@@ -58,7 +59,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     keys = [k for k in ("pid_eff_chi2_ndf", "misid_chi2_ndf", "classifier_auc", "mean_wasserstein") if k in metrics]
     for key in keys:
         print(f"{key:>20s}  {metrics[key]:.4f}")
-    print(f"report: {args.output}/report.html")
+    print(f"report: {Path(args.output) / 'report.html'}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:

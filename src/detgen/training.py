@@ -195,6 +195,10 @@ def train(
     train_set = tuple(t.to(torch_device) for t in prepared.train)
     val_set = tuple(t.to(torch_device) for t in prepared.val)
 
+    excluded = {k: v for k, v in prepared.info.items() if k.startswith(("select_", "not_in_groups_")) and v}
+    if excluded:
+        log("excluded rows (by data.select / data.groups; recorded in meta.json): "
+            + ", ".join(f"{k} {v}" for k, v in excluded.items()))
     meta = _meta(config, prepared, run_dir, resume)
     if resume and meta["data"]["sha256"] != prepared.info["sha256"]:
         raise SchemaError(f"{data_path}: differs from the data this run was trained on (sha256 mismatch); cannot resume")
