@@ -3,31 +3,63 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from detgen.errors import DetgenError
+from detgen.errors import DataError, DetgenError
 
-SIMULATORS = ("dedx",)
-VALIDATORS = ("dedx",)
+#: ``detgen simulate SYSTEM``: the module of each reference simulator. A module provides ``CLI_HELP``,
+#: ``add_cli_arguments(parser)`` (its own options) and ``simulate_cli(args, progress=) -> (table, info)``.
+SIMULATORS = {
+    "dedx": "detgen.simulators.dedx",
+}
+#: ``detgen validate SYSTEM``: the observables module of each system. A module provides ``CLI_HELP``,
+#: ``SUMMARY_KEYS``, ``add_cli_arguments(parser)`` and ``validate_cli(truth, generated, out, args) -> metrics``.
+VALIDATORS = {
+    "dedx": "detgen.validation.dedx",
+}
 
 
 def _progress(args: argparse.Namespace) -> bool:
     return not args.no_progress
 
 
+def _system_args(args: argparse.Namespace, modules: dict[str, str], common: Callable[[argparse.ArgumentParser], None]
+                 ) -> tuple[Any, argparse.Namespace]:
+    """Import the system's module (only now: detgen --help stays fast) and parse its own options."""
+    module = importlib.import_module(modules[args.system])
+    parser = argparse.ArgumentParser(prog=f"detgen {args.verb} {args.system}", description=module.CLI_HELP)
+    common(parser)
+    module.add_cli_arguments(parser)
+    return module, parser.parse_args(args.rest)
+
+
+def _simulate_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=int, required=True, help="number of tracks/events/showers")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-o", "--output", required=True)
+
+
+def _validate_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--truth", required=True)
+    parser.add_argument("--generated", required=True)
+    parser.add_argument("-o", "--output", required=True, help="report dir")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from detgen.io import write_table
+    from detgen.io import table_length, write_table
 
-    if args.system == "dedx":
-        from detgen.simulators.dedx import simulate_dedx
-
-        species = [s for s in args.species.split(",") if s] if args.species else None
-        table, info = simulate_dedx(args.n, seed=args.seed, species=species, progress=_progress(args))
-    write_table(args.output, table)
+    module, sargs = _system_args(args, SIMULATORS, _simulate_common)
+    if sargs.n <= 0:
+        raise DataError(f"--n {sargs.n}: expected a positive number")
+    table, info = module.simulate_cli(sargs, progress=_progress(args))
+    write_table(sargs.output, table)
     extra = ", ".join(f"{k} {v}" for k, v in info.items())
-    print(f"wrote {len(next(iter(table.values())))} rows to {args.output}" + (f" ({extra})" if extra else ""))
+    print(f"wrote {table_length(table)} rows to {sargs.output}" + (f" ({extra})" if extra else ""))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -47,19 +79,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from detgen.io import read_table
-
-    truth = read_table(args.truth)
-    generated = read_table(args.generated)
-    if args.system == "dedx":
-        from detgen.validation.dedx import validate_dedx
-
-        hypotheses = tuple(h for h in args.hypotheses.split(",") if h)
-        metrics = validate_dedx(truth, generated, args.output, hypotheses=hypotheses, seed=args.seed)
-    keys = [k for k in ("pid_eff_chi2_ndf", "misid_chi2_ndf", "classifier_auc", "mean_wasserstein") if k in metrics]
-    for key in keys:
-        print(f"{key:>20s}  {metrics[key]:.4f}")
-    print(f"report: {Path(args.output) / 'report.html'}")
+    module, vargs = _system_args(args, VALIDATORS, _validate_common)
+    metrics = module.validate_cli(vargs.truth, vargs.generated, vargs.output, vargs)
+    for key in (k for k in module.SUMMARY_KEYS if k in metrics):
+        print(f"{key:>24s}  {metrics[key]:.4f}")
+    print(f"report: {Path(vargs.output) / 'report.html'}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -75,12 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    p = verbs.add_parser("simulate", help="run a reference simulator with known truth")
-    p.add_argument("system", choices=SIMULATORS)
-    p.add_argument("--n", type=int, required=True, help="number of tracks/events")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--species", default=None, help="comma-separated species labels (default: all)")
-    p.add_argument("-o", "--output", required=True)
+    p = verbs.add_parser("simulate", help="run a reference simulator with known truth",
+                         description="detgen simulate SYSTEM --n N [--seed S] -o FILE [system options]; "
+                                     "`detgen simulate SYSTEM --help` lists the system's options.")
+    p.add_argument("system", choices=list(SIMULATORS))
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_simulate)
 
     p = verbs.add_parser("train", help="train a model from a YAML config")
@@ -106,13 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the sampler (tens of seconds once; faster for large samples)")
     p.set_defaults(func=cmd_generate)
 
-    p = verbs.add_parser("validate", help="compare generated with truth using the system's observables")
-    p.add_argument("system", choices=VALIDATORS)
-    p.add_argument("--truth", required=True)
-    p.add_argument("--generated", required=True)
-    p.add_argument("-o", "--output", required=True, help="report dir")
-    p.add_argument("--hypotheses", default="pi,K,p", help="PID hypotheses (add e,mu as an option)")
-    p.add_argument("--seed", type=int, default=0)
+    p = verbs.add_parser("validate", help="compare generated with truth using the system's observables",
+                         description="detgen validate SYSTEM --truth T --generated G -o REPORT_DIR [system options]; "
+                                     "`detgen validate SYSTEM --help` lists the system's options.")
+    p.add_argument("system", choices=list(VALIDATORS))
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_validate)
 
     p = verbs.add_parser("export", help="export the sampler graph to ONNX")

@@ -77,7 +77,8 @@ def validation_scores(
     if model.trainable:
         for start in range(0, rows, batch_size):
             stop = start + batch_size
-            losses.append(float(model.loss(targets[start:stop], conditions[start:stop])) * (min(stop, rows) - start))
+            losses.append(float(model.validation_loss(targets[start:stop], conditions[start:stop]))
+                          * (min(stop, rows) - start))
     noise_gen = torch.Generator().manual_seed(training.seed + 7919)  # fixed noise: epochs compare fairly
     noise = torch.randn(rows, model.noise_dim, generator=noise_gen).to(targets.device)
     generator = model.generator()
@@ -92,54 +93,65 @@ def validation_scores(
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def _optimizer_to_files(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors: dict[str, Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, entries in state["state"].items():
-        for name, value in entries.items():
+        for key, value in entries.items():
             if isinstance(value, Tensor):
-                tensors[f"optim.{index}.{name}"] = value
+                tensors[f"optim.{name}.{index}.{key}"] = value
             else:
-                scalars.setdefault(str(index), {})[name] = value
+                scalars.setdefault(str(index), {})[key] = value
     groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in state["param_groups"]]
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def _optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
+def _optimizer_from_files(name: str, optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor],
+                          info: dict[str, Any]) -> None:
     state: dict[int, dict[str, Any]] = {}
+    prefix = f"optim.{name}."
     for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
+        if key.startswith(prefix):
+            index, entry = key[len(prefix):].split(".", 1)
+            state.setdefault(int(index), {})[entry] = value
     for index, entries in info["scalars"].items():
         state.setdefault(int(index), {}).update(entries)
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in info["param_groups"]]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+Optimizers = dict[str, torch.optim.Optimizer]
+
+
 def save_checkpoint(
-    run_dir: Path, model: ModelFamily, optimizer: torch.optim.Optimizer, shuffle: torch.Generator, info: dict[str, Any]
+    run_dir: Path, model: ModelFamily, optimizers: Optimizers, shuffle: torch.Generator, info: dict[str, Any]
 ) -> None:
     tensors = {f"model.{k}": v for k, v in model_state(model).items()}
-    optim_tensors, optim_info = _optimizer_to_files(optimizer)
-    tensors.update(optim_tensors)
+    optim_info = {}
+    for name, optimizer in optimizers.items():
+        optim_tensors, optim_info[name] = _optimizer_to_files(name, optimizer)
+        tensors.update(optim_tensors)
     tensors["rng.shuffle"] = shuffle.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     write_tensors(run_dir / "checkpoints" / "last.safetensors", tensors)
-    write_json(run_dir / "checkpoints" / "last.json", {**info, "optimizer": optim_info})
+    write_json(run_dir / "checkpoints" / "last.json", {**info, "optimizers": optim_info})
 
 
-def load_checkpoint(
-    run_dir: Path, model: ModelFamily, optimizer: torch.optim.Optimizer, shuffle: torch.Generator
-) -> dict[str, Any]:
+def load_checkpoint(run_dir: Path, model: ModelFamily, optimizers: Optimizers, shuffle: torch.Generator
+                    ) -> dict[str, Any]:
     json_path = run_dir / "checkpoints" / "last.json"
     if not json_path.is_file():
         raise SchemaError(f"{run_dir}: no checkpoint to resume from (checkpoints/last.json missing)")
     info = json.loads(json_path.read_text())
     tensors = read_tensors(run_dir / "checkpoints" / "last.safetensors")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    _optimizer_from_files(optimizer, tensors, info.pop("optimizer"))
+    saved = info.pop("optimizers", None)
+    if saved is None or set(saved) != set(optimizers):
+        raise SchemaError(f"{json_path}: optimiser state for {sorted(saved or [])}, expected {sorted(optimizers)}; "
+                          "written by another detgen version?")
+    for name, optimizer in optimizers.items():
+        _optimizer_from_files(name, optimizer, tensors, saved[name])
     shuffle.set_state(tensors["rng.shuffle"])
     torch.set_rng_state(tensors["rng.torch"])
     return info
@@ -207,11 +219,11 @@ def train(
     if not model.trainable:
         return _fit_closed_form(model, train_set, val_set, config, prepared.preprocessor, run_dir, meta, log)  # type: ignore[arg-type]
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+    optimizers = model.make_optimizers(training)
     shuffle = torch.Generator().manual_seed(training.seed + 1)
     state: dict[str, Any] = {"epoch": 0, "best_metric": math.inf, "best_epoch": -1, "history": [], "stale": 0}
     if resume and (run_dir / "checkpoints" / "last.json").is_file():
-        state = load_checkpoint(run_dir, model, optimizer, shuffle)
+        state = load_checkpoint(run_dir, model, optimizers, shuffle)
         log(f"resuming {run_dir} after epoch {state['epoch']}")
     elif resume:  # killed before its first checkpoint: nothing to restore, start from the beginning
         log(f"{run_dir} has no checkpoint yet; starting from epoch 1")
@@ -227,12 +239,15 @@ def train(
     for epoch in range(state["epoch"], training.epochs):
         started = time.perf_counter()
         lr = learning_rate(training, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        train_loss = _run_epoch(model, optimizer, train_set, shuffle, training, epoch, progress)  # type: ignore[arg-type]
+        for optimizer in optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+        train_scores = _run_epoch(model, optimizers, train_set, shuffle, training, epoch, progress)  # type: ignore[arg-type]
+        train_loss = train_scores.pop("loss")
         scores = validation_scores(model, val_set, training)  # type: ignore[arg-type]
         metric = scores[training.best_metric]
-        row = {"epoch": epoch + 1, "train_loss": train_loss, **scores, "lr": lr,
+        row = {"epoch": epoch + 1, "train_loss": train_loss, **{f"train_{k}": v for k, v in train_scores.items()},
+               **scores, "lr": lr,
                "seconds": round(time.perf_counter() - started, 3)}
         state["history"].append(row)
         improved = metric < state["best_metric"]
@@ -242,7 +257,7 @@ def train(
         else:
             state["stale"] += 1
         state["epoch"] = epoch + 1
-        save_checkpoint(run_dir, model, optimizer, shuffle, state)
+        save_checkpoint(run_dir, model, optimizers, shuffle, state)
         write_history(run_dir / "history.csv", state["history"])
         meta.update(best_epoch=state["best_epoch"], best_metric=state["best_metric"], epochs_completed=epoch + 1,
                     updated=_now())
@@ -265,34 +280,31 @@ def _rows_outside_domain(model: ModelFamily, train_set: tuple[Tensor, ...]) -> i
 
 
 def _run_epoch(
-    model: ModelFamily, optimizer: torch.optim.Optimizer, train_set: tuple[Tensor, Tensor], shuffle: torch.Generator,
+    model: ModelFamily, optimizers: Optimizers, train_set: tuple[Tensor, Tensor], shuffle: torch.Generator,
     training: TrainingConfig, epoch: int, progress: bool,
-) -> float:
+) -> dict[str, float]:
+    """One pass over the shuffled training rows; the row-weighted mean of each scalar ``train_step`` returns."""
     targets, conditions = train_set
     n = targets.shape[0]
     order = torch.randperm(n, generator=shuffle).to(targets.device)
     n_batches = math.ceil(n / training.batch_size)
-    total = 0.0
+    totals: dict[str, float] = {}
     bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{training.epochs}", disable=None if progress else True, leave=False,
                unit="batch")
     model.train()
     for b in range(n_batches):
         rows = order[b * training.batch_size : (b + 1) * training.batch_size]
-        loss = model.loss(targets[rows], conditions[rows])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"epoch {epoch + 1}, batch {b}: loss is {loss.item()}; lower training.lr?")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if training.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
-        optimizer.step()
-        value = loss.item()
-        total += value * rows.numel()
+        try:
+            values = model.train_step(targets[rows], conditions[rows], optimizers, training)
+        except FloatingPointError as exc:
+            raise FloatingPointError(f"epoch {epoch + 1}, batch {b}: {exc}") from exc
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value * rows.numel()
         if b % 20 == 0:
-            bar.set_postfix(loss=f"{value:.4f}")
+            bar.set_postfix(loss=f"{values['loss']:.4f}")
         bar.update()
     bar.close()
-    return total / n
+    return {key: total / n for key, total in totals.items()}
 
 
 def _fit_closed_form(

@@ -1,23 +1,30 @@
-"""Model families. Each one implements :class:`detgen.models.base.ModelFamily`."""
+"""Model families. Each one implements :class:`detgen.models.base.ModelFamily`.
+
+``FAMILIES`` maps a family name (``model.family`` in a config) to ``module:Class``; the class is built as
+``Class(n_targets=..., n_conditions=..., config=model_config)`` and imported only when used.
+"""
 
 from __future__ import annotations
 
-from detgen.config import FlowConfig, HistogramConfig
+import importlib
+
 from detgen.errors import ConfigError
 from detgen.models.base import GroupedModel, ModelFamily, Sampler
+
+FAMILIES: dict[str, str] = {
+    "flow": "detgen.models.flows:ConditionalFlow",
+    "histogram": "detgen.models.histogram:HistogramSampling",
+}
 
 
 def build_family(model_config: object, *, n_targets: int, n_conditions: int) -> ModelFamily:
     """One model of the configured family (no grouping)."""
-    if isinstance(model_config, FlowConfig):
-        from detgen.models.flows import ConditionalFlow
-
-        return ConditionalFlow(n_targets=n_targets, n_conditions=n_conditions, config=model_config)
-    if isinstance(model_config, HistogramConfig):
-        from detgen.models.histogram import HistogramSampling
-
-        return HistogramSampling(n_targets=n_targets, n_conditions=n_conditions, config=model_config)
-    raise ConfigError(f"no model family for config {type(model_config).__name__}")
+    family = getattr(model_config, "family", None)
+    if family not in FAMILIES:
+        raise ConfigError(f"no model family {family!r} (known: {', '.join(FAMILIES)})")
+    module, name = FAMILIES[family].split(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(n_targets=n_targets, n_conditions=n_conditions, config=model_config)  # type: ignore[no-any-return]
 
 
 def build_model(
@@ -30,4 +37,4 @@ def build_model(
     return build_family(model_config, n_targets=n_targets, n_conditions=n_conditions)
 
 
-__all__ = ["GroupedModel", "ModelFamily", "Sampler", "build_family", "build_model"]
+__all__ = ["FAMILIES", "GroupedModel", "ModelFamily", "Sampler", "build_family", "build_model"]

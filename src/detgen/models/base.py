@@ -8,6 +8,11 @@ A family works in model space (preprocessed targets and encoded conditions):
 * ``fit(targets, conditions)``    for families fitted in closed form (``trainable = False``);
 * ``log_prob(targets, conditions)`` optionally.
 
+The trainer's loop calls ``make_optimizers(training)`` once and ``train_step(targets, conditions, optimizers,
+training)`` per batch. The defaults (one Adam over all parameters; minimise ``loss``) serve every family whose
+training is "minimise one loss"; a family with several players (a GAN's generator and critic) overrides both,
+and the trainer still owns the schedule, checkpoints (every optimiser's state), resume and best-epoch choice.
+
 :class:`Sampler` wraps a generator with the preprocessing so that it maps noise and physical conditions
 to physical targets; it is the single graph used by ``generate``, ONNX export and distributed generation.
 """
@@ -31,6 +36,28 @@ class ModelFamily(nn.Module):
 
     def loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def validation_loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
+        """The loss reported as ``val_loss`` (default: the training loss on validation rows)."""
+        return self.loss(targets, conditions)
+
+    def make_optimizers(self, training: Any) -> dict[str, torch.optim.Optimizer]:
+        """Named optimisers; each param group may carry ``lr_scale`` (its lr relative to the schedule's)."""
+        return {"model": torch.optim.Adam(self.parameters(), lr=training.lr, weight_decay=training.weight_decay)}
+
+    def train_step(self, targets: Tensor, conditions: Tensor, optimizers: dict[str, torch.optim.Optimizer],
+                   training: Any) -> dict[str, float]:
+        """One optimisation step on a batch; returns scalars for the history (``loss`` is the headline)."""
+        loss = self.loss(targets, conditions)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()}; lower training.lr?")
+        optimizer = optimizers["model"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if training.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), training.grad_clip)
+        optimizer.step()
+        return {"loss": loss.item()}
 
     def generator(self) -> nn.Module:
         raise NotImplementedError

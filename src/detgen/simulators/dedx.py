@@ -46,6 +46,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -748,3 +749,17 @@ def simulate_dedx(n: int, *, seed: int = 0, species: Sequence[str] | None = None
             info[key] = info.get(key, 0) + value
     columns = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     return columns, info
+
+
+# ------------------------------------------------------------------------------------------ command line
+CLI_HELP = "BESIII MDC dE/dx of single tracks (Parquet/ROOT/HDF5 table)"
+
+
+def add_cli_arguments(parser: Any) -> None:
+    """Options of ``detgen simulate dedx`` beyond the common --n, --seed, -o."""
+    parser.add_argument("--species", default=None, help="comma-separated species labels (default: all)")
+
+
+def simulate_cli(args: Any, *, progress: bool) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    species = [s for s in args.species.split(",") if s] if args.species else None
+    return simulate_dedx(args.n, seed=args.seed, species=species, progress=progress)

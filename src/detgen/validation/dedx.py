@@ -929,3 +929,20 @@ _HEADLINE = ("n_truth", "n_generated", "pid_eff_chi2_ndf", "misid_chi2_ndf", "cl
 def _report_order(metrics: Mapping[str, Any]) -> list[str]:
     """Headline metrics first, then every other key alphabetically."""
     return [k for k in _HEADLINE if k in metrics] + sorted(k for k in metrics if k not in _HEADLINE)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line: ``detgen validate dedx``
+CLI_HELP = "BESIII dE/dx: PID efficiency and mis-ID vs p and cos(theta), distributions, classifier AUC"
+SUMMARY_KEYS = ("pid_eff_chi2_ndf", "misid_chi2_ndf", "classifier_auc", "mean_wasserstein")
+
+
+def add_cli_arguments(parser: Any) -> None:
+    parser.add_argument("--hypotheses", default="pi,K,p", help="PID hypotheses (add e,mu as an option)")
+
+
+def validate_cli(truth: str, generated: str, out: str, args: Any) -> dict[str, Any]:
+    from detgen.io import read_table
+
+    hypotheses = tuple(h for h in args.hypotheses.split(",") if h)
+    return validate_dedx(read_table(truth), read_table(generated), out, hypotheses=hypotheses, seed=args.seed)
