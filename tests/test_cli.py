@@ -97,3 +97,21 @@ def test_console_script_entry_point() -> None:
     result = subprocess.run([sys.executable, "-m", "detgen", "--help"], capture_output=True, text=True, check=True)
     for verb in ("simulate", "train", "generate", "validate", "export"):
         assert verb in result.stdout
+
+
+def test_system_options_belong_to_the_system(tmp_path: Path, capsys) -> None:
+    """`detgen simulate dedx --help` lists dedx's own options; an option of no system is a usage error (exit 2)."""
+    with pytest.raises(SystemExit) as exc:
+        detgen(["simulate", "dedx", "--help"])
+    assert exc.value.code == 0
+    assert "--species" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        detgen(["simulate", "dedx", "--n", "10", "-o", str(tmp_path / "x.parquet"), "--no-such-option", "1"])
+    assert exc.value.code == 2
+    assert "--no-such-option" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_simulate_rejects_non_positive_n(tmp_path: Path, capsys) -> None:
+    line = one_line_error(capsys, ["simulate", "dedx", "--n", "0", "-o", str(tmp_path / "x.parquet")])
+    assert "--n 0" in line and "positive" in line
