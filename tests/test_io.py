@@ -384,14 +384,16 @@ def test_hdf5_columns_of_different_length(tmp_path: Path) -> None:
 
 
 def test_hdf5_without_flat_columns_names_what_is_there(tmp_path: Path) -> None:
+    # (N, ...) numeric datasets are array columns (tests/test_io_arrays.py); a scalar and a 2-D string
+    # dataset are not columns of any kind
     path = tmp_path / "calo.h5"
     with h5py.File(path, "w") as file:
-        file["showers"] = np.zeros((4, 11, 11))
-        file["incident_energies"] = np.ones((4, 1))
+        file["showers"] = np.array(["a", "b", "c", "d"], dtype=object).reshape(2, 2).astype("S1")
+        file["incident_energies"] = 3.0
     with pytest.raises(
-        DataError, match=r"calo\.h5 \(group '/'\): no 1-D datasets.*'showers' \(a dataset of shape"
+        DataError, match=r"calo\.h5 \(group '/'\): no datasets to read.*'showers' \(a dataset of shape"
     ):
-        read_table(path)
+        read_table(path, layout="columns")
     with pytest.raises(
         DataError, match=r"calo\.h5: no group or dataset 'shower' \(did you mean 'showers'\?\)"
     ):

@@ -12,14 +12,21 @@ from typing import Any
 from detgen.errors import DataError, DetgenError
 
 #: ``detgen simulate SYSTEM``: the module of each reference simulator. A module provides ``CLI_HELP``,
-#: ``add_cli_arguments(parser)`` (its own options) and ``simulate_cli(args, progress=) -> (table, info)``.
+#: ``add_cli_arguments(parser)`` (its own options) and ``simulate_cli(args, progress=) -> (table, info)``;
+#: optionally ``write_cli_output(path, result) -> rows`` when its output is not one table (JUNO: two HDF5 groups).
 SIMULATORS = {
     "dedx": "detgen.simulators.dedx",
+    "photons": "detgen.simulators.photons",
+    "juno": "detgen.simulators.juno",
+    "emc": "detgen.simulators.emc",
 }
 #: ``detgen validate SYSTEM``: the observables module of each system. A module provides ``CLI_HELP``,
 #: ``SUMMARY_KEYS``, ``add_cli_arguments(parser)`` and ``validate_cli(truth, generated, out, args) -> metrics``.
 VALIDATORS = {
     "dedx": "detgen.validation.dedx",
+    "photons": "detgen.validation.photons",
+    "emc": "detgen.validation.emc",
+    "juno": "detgen.validation.juno",
 }
 
 
@@ -57,9 +64,15 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     if sargs.n <= 0:
         raise DataError(f"--n {sargs.n}: expected a positive number")
     table, info = module.simulate_cli(sargs, progress=_progress(args))
-    write_table(sargs.output, table)
+    # a module whose output is not one table (e.g. several HDF5 groups) writes it itself
+    custom_writer = getattr(module, "write_cli_output", None)
+    if custom_writer is not None:
+        n_rows = custom_writer(sargs.output, table)
+    else:
+        write_table(sargs.output, table)
+        n_rows = table_length(table)
     extra = ", ".join(f"{k} {v}" for k, v in info.items())
-    print(f"wrote {table_length(table)} rows to {sargs.output}" + (f" ({extra})" if extra else ""))
+    print(f"wrote {n_rows} rows to {sargs.output}" + (f" ({extra})" if extra else ""))
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -22,6 +22,20 @@ from detgen.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class ImageConfig:
+    """Preprocessing of image targets (array columns, e.g. the 11 x 11 EMC map in MeV); see
+    ``detgen.image_preprocessing``. normalise: none (x / scale) | condition (x / (scale * condition), e.g. the
+    momentum in GeV/c with scale 1000) | total (x / sum, ln sum as one more feature); transform: none | log |
+    logit, with ``epsilon`` keeping empty pixels finite."""
+
+    normalise: str = "none"
+    condition: str | None = None
+    scale: float = 1.0
+    transform: str = "none"
+    epsilon: float = 1e-6
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Which columns are conditions and targets, how they are transformed, how the data are split."""
 
@@ -45,6 +59,8 @@ class DataConfig:
     key: str | None = None
     #: Use at most this many training rows (None: all).
     max_train_rows: int | None = None
+    #: How array-column targets (images) are preprocessed.
+    image: ImageConfig = field(default_factory=ImageConfig)
 
 
 @dataclass(frozen=True)
@@ -61,10 +77,27 @@ class FlowConfig:
     #: slowest protons' dE/dx sits at 4-7 sigma of the pooled distribution). Training reports rows outside it.
     bound: float = 10.0
     randperm: bool = False
+    #: A final tanh bijection onto (-1, 1) (the photon CNF's targets are scaled into [-1, 1] by fixed
+    #: ``scale:S`` transforms); training rows with a target outside (-1, 1) are counted, reported and
+    #: left out of the loss.
+    final_tanh: bool = False
 
     def check(self, data: DataConfig, source: str) -> None:
         if self.transform not in ("rqs", "affine"):
             raise ConfigError(f"{source}: model.transform = {self.transform!r} (expected rqs or affine)")
+        if self.final_tanh:
+            _check_bounded_targets(data, source)
+
+
+def _check_bounded_targets(data: DataConfig, source: str) -> None:
+    """A final tanh needs targets scaled into [-1, 1]: a fixed ``scale:S`` or ``minmax`` transform each."""
+    for column in data.targets:
+        spec = data.transforms.get(column, "standard")
+        if spec != "minmax" and not _is_fixed_scale(spec):
+            raise ConfigError(
+                f"{source}: model.final_tanh needs targets scaled into [-1, 1], but data.transforms.{column} = "
+                f"{spec!r} (expected scale:S, e.g. scale:20, or minmax)"
+            )
 
 
 @dataclass(frozen=True)
@@ -91,15 +124,220 @@ class HistogramConfig:
 # class in ``detgen.models.FAMILIES``.
 
 # ---- issue 3 (photons) family configs go here
+@dataclass(frozen=True)
+class SmearingConfig:
+    """Parametric (DELPHES-like) smearing baseline: every target an independent Gaussian whose mean and width
+    are fitted in closed form per cell of equal-population bins of its conditions (``detgen.models.smearing``).
+    """
+
+    family: str = "smearing"
+    #: Equal-population bins per binned condition (cells per target = bins ** conditions binned).
+    bins: int = 8
+    #: Per target, the condition columns it is binned in (each list the same length), e.g. for photons
+    #: ``{d_et1: [et1, eta1, mu], ..., d_et2: [et2, eta2, mu]}``; empty: every target in every condition.
+    target_conditions: dict[str, list[str]] = field(default_factory=dict)
+    #: Cells with fewer training rows use the target's overall mean and width (counted at fit time).
+    min_entries: int = 30
+
+    def check(self, data: DataConfig, source: str) -> None:
+        if self.bins < 1 or self.min_entries < 2:
+            raise ConfigError(f"{source}: model.bins must be >= 1 and model.min_entries >= 2")
+        if data.categorical:
+            raise ConfigError(f"{source}: model.family smearing bins numeric conditions only; "
+                              f"data.categorical = {data.categorical} (use data.group_by instead)")
+        if not self.target_conditions:
+            return
+        if sorted(self.target_conditions) != sorted(data.targets):
+            raise ConfigError(f"{source}: model.target_conditions must have one entry per target "
+                              f"{data.targets}, got {sorted(self.target_conditions)}")
+        lengths = {len(v) for v in self.target_conditions.values()}
+        if len(lengths) != 1 or 0 in lengths:
+            raise ConfigError(f"{source}: model.target_conditions lists must all have the same, non-zero length")
+        for target, columns in self.target_conditions.items():
+            for column in columns:
+                if column not in data.conditions:
+                    raise ConfigError(f"{source}: model.target_conditions.{target} names {column!r}, which is not "
+                                      f"in data.conditions {data.conditions}")
+
+
+@dataclass(frozen=True)
+class FlowStudentConfig:
+    """A fast-sampling inverse-autoregressive student distilled from a trained affine-MAF teacher run.
+
+    The student has one IAF block per teacher block (same feature orders), each learning the inverse of its
+    teacher block, so sampling needs one MLP pass per block instead of one per block and feature.
+    """
+
+    family: str = "flow_student"
+    #: Run dir of the trained teacher (``model.family: flow``, ``transform: affine``); read only for training.
+    teacher: str = ""
+    blocks: int = 10
+    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    final_tanh: bool = False
+    #: Weights of the two distillation terms: teacher latents of data pushed back through the student
+    #: (data space), and student samples pushed through the teacher (latent space, same noise).
+    data_weight: float = 1.0
+    latent_weight: float = 1.0
+
+    def check(self, data: DataConfig, source: str) -> None:
+        if not self.teacher:
+            raise ConfigError(f"{source}: model.teacher must name the teacher's run dir")
+        if self.blocks < 1 or not self.hidden:
+            raise ConfigError(f"{source}: model.blocks must be positive and model.hidden non-empty")
+        if self.final_tanh:
+            _check_bounded_targets(data, source)
+
 
 # ---- issue 4 (EMC) family configs go here
+@dataclass(frozen=True)
+class GANConfig:
+    """Conditional WGAN-GP for images (the seed's BESIII EMC GAN; ``detgen.models.gan``).
+
+    Generator: [noise, conditions] -> Dense(dense_shape) -> upsample -> convolutions ``generator_channels``
+    (the last one a valid convolution that maps the upsampled size onto ``image_shape``) -> ReLU.
+    Critic: convolutions ``critic_channels`` -> Dense(critic_features) -> [features, minibatch discrimination,
+    conditions, total energy, sparsity] -> score. Each ``train_step`` makes ``n_critic`` critic updates (on
+    ``n_critic`` slices of the batch) and one generator update; the generator loss adds
+    ``regressor_weight * |y - regressor(G(z, y))|_1`` when ``regressor_run`` names a trained regressor run.
+    """
+
+    family: str = "gan"
+    image_shape: list[int] = field(default_factory=lambda: [11, 11])
+    noise_dim: int = 128
+    dense_shape: list[int] = field(default_factory=lambda: [16, 4, 4])
+    upsample: int = 3
+    generator_channels: list[int] = field(default_factory=lambda: [16, 16, 16, 8, 1])
+    kernel_size: int = 3
+    critic_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    critic_features: int = 64
+    #: Minibatch discrimination (Salimans et al. 2016): kernels x dimension of each.
+    minibatch_kernels: int = 16
+    minibatch_kernel_dim: int = 8
+    #: Sparsity feature: mean over pixels of 1 - exp(-x / sparsity_scale) (model units of the image).
+    sparsity_scale: float = 1e-4
+    #: The critic also sees ln(x + log_epsilon) as a second channel (the low-energy crystals); 0: off.
+    log_epsilon: float = 1e-3
+    n_critic: int = 5
+    gp_weight: float = 10.0
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    critic_lr_scale: float = 1.0
+    #: Run dir of a trained ``family: regressor`` model (same columns) and the weight of its L1 term.
+    regressor_run: str | None = None
+    regressor_weight: float = 0.0
+    #: Training images with a pixel below this (physical units, MeV for the EMC: beyond the 0.2 MeV noise) are
+    #: a DataError: the generator's ReLU makes no negative energies.
+    min_pixel: float = -1.0
+
+    def check(self, data: DataConfig, source: str) -> None:
+        from detgen.models.gan import check_gan_config
+
+        check_gan_config(self, data, source)
+
+
+@dataclass(frozen=True)
+class RegressorConfig:
+    """CNN that reads conditions back from an image (the seed's pre-trained EMC regressor, ``detgen.models.gan``).
+
+    Conv2D ``conv_channels`` -> Dense ``hidden`` -> one output per ``predict`` column (encoded units); trained
+    by the same ``detgen train`` with best_metric val_loss (the validation L1 or MSE).
+    """
+
+    family: str = "regressor"
+    image_shape: list[int] = field(default_factory=lambda: [11, 11])
+    predict: list[str] = field(default_factory=lambda: ["mom", "dtheta_mom", "dphi_mom"])
+    conv_channels: list[int] = field(default_factory=lambda: [64, 128])
+    hidden: list[int] = field(default_factory=lambda: [100, 10])
+    #: l1 | mse
+    loss: str = "l1"
+
+    def check(self, data: DataConfig, source: str) -> None:
+        from detgen.models.gan import check_regressor_config
+
+        check_regressor_config(self, data, source)
+
 
 # ---- issue 5 (JUNO) family configs go here
+@dataclass(frozen=True)
+class NoiseMLPSplit:
+    """Route rows to a second network where condition ``column`` >= ``at`` (physical units); None: one network."""
+
+    column: str | None = None
+    at: float = 0.0
+    #: Hidden sizes and activation of the second network (default: the first network's).
+    hidden: list[int] = field(default_factory=list)
+    activation: str | None = None
+
+
+@dataclass(frozen=True)
+class NoiseMLPConfig:
+    """Noise-input MLP (conditions + N(0,1) noise -> targets) trained with a two-sample loss (models/noise_mlp.py)."""
+
+    family: str = "noise_mlp"
+    hidden: list[int] = field(default_factory=lambda: [249, 249, 249, 249])
+    activation: str = "tanh"
+    #: identity | relu | elu1 (elu + 1) | softplus; relu/elu1/softplus make targets positive in physical units.
+    output_activation: str = "identity"
+    #: The network output is multiplied by this (physical units), so it works at O(1) for targets like ns.
+    output_scale: float = 1.0
+    noise_dim: int = 1
+    #: Two-sample statistic on the joint (condition, target) batch: energy | mmd | sliced.
+    loss: str = "energy"
+    #: Gaussian kernel widths of the multi-scale MMD (in loss units: encoded conditions, targets / output_scale).
+    mmd_bandwidths: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
+    #: Random projections of the sliced (sorted) Wasserstein loss.
+    projections: int = 64
+    #: Weight of the conditions in the joint vector (larger: the loss resolves the conditions more finely).
+    condition_weight: float = 1.0
+    #: Integer targets (counts): trained on target + U(0,1) (dequantised), sampled as floor(output) >= 0.
+    discrete: bool = False
+    #: Rows per block when the validation loss is evaluated (pairwise statistics are O(rows^2) in memory).
+    validation_block: int = 2048
+    split: NoiseMLPSplit = field(default_factory=NoiseMLPSplit)
+
+    def check(self, data: DataConfig, source: str) -> None:
+        from detgen.models.noise_mlp import check_noise_mlp_config
+
+        check_noise_mlp_config(self, data, source)
+
+
+@dataclass(frozen=True)
+class JunoMuonConfig:
+    """JUNO fast muon simulation from trained NN_npe / NN_time runs, tabulated on an (R, theta) grid."""
+
+    family: str = "juno_muon"
+    #: Run dirs of the trained noise-MLP (or flow) models of per-PMT npe and single-p.e. hit time.
+    npe_run: str = ""
+    time_run: str = ""
+    #: Grid nodes in R (0 .. liquid-scintillator radius) and in theta (0 .. pi).
+    r_nodes: int = 60
+    theta_nodes: int = 91
+    #: Network draws per grid node for the tabulated npe mean and hit-time quantiles.
+    noise_draws: int = 256
+    #: Tabulated hit-time quantiles per node (at Phi(z), z uniform in [-4.5, 4.5]).
+    quantile_nodes: int = 64
+    #: Energy (MeV) of the point deposits NN_npe was trained on (npe scales with deposit energy).
+    point_energy_mev: float = 1.0
+    #: Voxel step along a muon track (m); each deposit carries dE/dx * step_m.
+    step_m: float = 0.1
+    #: (deposit, PMT) pairs per PMT sampled individually before the exact pruning check.
+    first_candidates: int = 12
+
+    def check(self, data: DataConfig, source: str) -> None:
+        from detgen.simulators.juno_fast import check_juno_muon_config
+
+        check_juno_muon_config(self, data, source)
+
 
 
 MODEL_CONFIGS: dict[str, type] = {
     "flow": FlowConfig,
     "histogram": HistogramConfig,
+    "flow_student": FlowStudentConfig,
+    "smearing": SmearingConfig,
+    "noise_mlp": NoiseMLPConfig,
+    "juno_muon": JunoMuonConfig,
+    "gan": GANConfig,
+    "regressor": RegressorConfig,
 }
 
 
@@ -240,6 +478,34 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<config>") -> Config
     return config
 
 
+def _is_fixed_scale(spec: str) -> bool:
+    """True for a ``scale:S`` transform spec with a positive finite S (targets divided by a fixed S)."""
+    if not spec.startswith("scale:"):
+        return False
+    try:
+        value = float(spec[len("scale:"):])
+    except ValueError:
+        return False
+    return 0 < value < float("inf")
+
+
+def _check_image_config(image: ImageConfig, data: DataConfig, source: str) -> None:
+    if image.normalise not in ("none", "condition", "total"):
+        raise ConfigError(f"{source}: data.image.normalise = {image.normalise!r} (expected none, condition or total)")
+    if image.transform not in ("none", "log", "logit"):
+        raise ConfigError(f"{source}: data.image.transform = {image.transform!r} (expected none, log or logit)")
+    if (image.normalise == "condition") != (image.condition is not None):
+        raise ConfigError(f"{source}: data.image.condition names the column of data.image.normalise: condition "
+                          f"(and is only used by it); got normalise {image.normalise!r}, condition {image.condition!r}")
+    if image.condition is not None and (image.condition not in data.conditions or image.condition in data.categorical):
+        raise ConfigError(f"{source}: data.image.condition = {image.condition!r} is not a numeric condition "
+                          f"(data.conditions: {', '.join(data.conditions)})")
+    if image.normalise == "total" and image.scale != 1.0:
+        raise ConfigError(f"{source}: data.image.scale is not used with normalise: total (remove it)")
+    if not (image.scale > 0 and 0 < image.epsilon < 0.5):
+        raise ConfigError(f"{source}: data.image.scale must be > 0 and data.image.epsilon in (0, 0.5)")
+
+
 def check_config(config: Config, *, source: str = "<config>") -> None:
     """Consistency checks that cross sections."""
     data, training = config.data, config.training
@@ -250,12 +516,14 @@ def check_config(config: Config, *, source: str = "<config>") -> None:
     for column in data.categorical:
         if column not in data.conditions:
             raise ConfigError(f"{source}: data.categorical names {column!r}, which is not in data.conditions")
+    _check_image_config(data.image, data, source)
     if data.group_by is not None and data.group_by in data.conditions:
         raise ConfigError(f"{source}: data.group_by {data.group_by!r} cannot also be a condition")
     for column, spec in data.transforms.items():
-        if spec not in ("standard", "log", "identity", "minmax"):
+        if spec not in ("standard", "log", "identity", "minmax") and not _is_fixed_scale(spec):
             raise ConfigError(
-                f"{source}: data.transforms.{column} = {spec!r} (expected standard, log, identity or minmax)"
+                f"{source}: data.transforms.{column} = {spec!r} (expected standard, log, identity, minmax or "
+                "scale:S with a positive number S, e.g. scale:20)"
             )
     if training.schedule.kind not in ("step", "power", "constant"):
         raise ConfigError(f"{source}: training.schedule.kind = {training.schedule.kind!r} (expected step, power or constant)")

@@ -33,11 +33,16 @@ def needed_columns(data: DataConfig) -> list[str]:
     return columns
 
 
-def read_training_table(path: str | Path, data: DataConfig) -> tuple[Table, dict[str, int]]:
-    """Read the columns a config needs, check them, apply ``select`` and ``groups``; count exclusions."""
+def read_training_table(path: str | Path, data: DataConfig, *, all_columns: bool = False
+                        ) -> tuple[Table, dict[str, int]]:
+    """Read the columns a config needs, check them, apply ``select`` and ``groups``; count exclusions.
+
+    ``all_columns`` also keeps every other column of the file (unchecked), e.g. for ``generate --split`` whose
+    output passes the file's other columns through (the photon validation needs phi, which is no condition).
+    """
     source = str(path)
     columns = needed_columns(data)
-    table = read_table(path, columns=columns, tree=data.tree, key=data.key)
+    table = read_table(path, columns=None if all_columns else columns, tree=data.tree, key=data.key)
     require_columns(table, columns, source=source)
     labels = set(data.categorical) | set(data.select) | ({data.group_by} if data.group_by else set())
     require_finite(table, [c for c in columns if c not in labels], source=source)
@@ -69,13 +74,12 @@ def split_table(table: Table, data: DataConfig) -> tuple[Table, Table, Table]:
 
 
 def to_tensors(table: Table, preprocessor: Preprocessor, *, source: str) -> tuple[Tensor, Tensor]:
-    """(encoded targets, encoded conditions) as float32 tensors."""
+    """(encoded targets, encoded conditions) as float32 tensors; image (array) targets are flattened."""
     raw_conditions = torch.from_numpy(preprocessor.condition_array(table, source=source)).float()
-    raw_targets = torch.from_numpy(
-        np.stack([np.asarray(table[c], dtype=np.float64) for c in preprocessor.target_columns], axis=1)
-    ).float()
+    preprocessor.check_targets(table, source=source)
+    raw_targets = torch.from_numpy(preprocessor.target_array(table, source=source))
     with torch.no_grad():
-        targets = preprocessor.encode_targets(raw_targets)
+        targets = preprocessor.encode_targets(raw_targets, raw_conditions)
         conditions = preprocessor.encode_conditions(raw_conditions)
     if not torch.isfinite(targets).all():
         bad = int((~torch.isfinite(targets)).any(1).sum())
@@ -115,6 +119,7 @@ def prepare(path: str | Path, data: DataConfig, *, preprocessor: Preprocessor | 
             transforms=data.transforms,
             group_by=data.group_by,
             groups=data.groups,
+            image=data.image,
             source=source,
         )
     info = {

@@ -44,7 +44,7 @@ def read_conditions(run: Run, path: str | Path, *, split: str | None = None) -> 
             raise SchemaError(f"{source}: --split needs the file the run was trained on (sha256 differs)")
         from detgen.dataset import read_training_table
 
-        selected, _ = read_training_table(path, run.config.data)
+        selected, _ = read_training_table(path, run.config.data, all_columns=True)
         parts = dict(zip(("train", "val", "test"), split_table(selected, run.config.data)))
         table = parts[split]
     if table_length(table) == 0:
@@ -81,6 +81,10 @@ def generate(
     run = load_run(run_dir, device=str(torch_device))
     for note in run.notes:
         log(f"note: {note}")
+    whole_events = getattr(run.model, "generate_file", None)
+    if whole_events is not None:  # a family that simulates whole events from its own conditions (juno_muon)
+        return whole_events(run, conditions, out, seed=seed, batch_size=batch_size, device=torch_device, split=split,  # type: ignore[no-any-return]
+                            progress=progress, log=log)
     table = read_conditions(run, conditions, split=split)
     outside = run.preprocessor.out_of_range(table)
     for column, count in outside.items():
@@ -101,11 +105,11 @@ def generate(
             noise = torch.randn(stop - start, sampler.noise_dim, generator=noise_gen).to(torch_device)
             c = torch.from_numpy(raw[start:stop]).float().to(torch_device)
             y = torch.cat([sampler(noise[i : i + chunk_rows], c[i : i + chunk_rows])
-                           for i in range(0, len(c), chunk_rows)]).cpu().numpy().astype(np.float64)
+                           for i in range(0, len(c), chunk_rows)]).cpu().numpy()
             if not np.isfinite(y).all():
                 raise FloatingPointError(f"generated non-finite values for rows {start}-{stop} of {conditions}")
             batch = select_rows({c: table[c] for c in passthrough}, slice(start, stop))
-            batch.update({name: y[:, j] for j, name in enumerate(targets)})
+            batch.update(run.preprocessor.split_targets(y))  # image columns get their (N, ...) shape back
             writer.append(batch)
             bar.update(stop - start)
         bar.close()

@@ -8,8 +8,12 @@ Column kinds:
     standard  (x - mean) / std
     log       (ln x - mean) / std            (x must be > 0)
     minmax    (x - mid) / half_range         (maps the training range onto [-1, 1])
+    scale:S   x / S                          (a fixed scale S in the column's units, fitted on nothing;
+                                              e.g. ``scale:20`` for a photon ET response in GeV)
     identity  x
     onehot    category code -> one-hot vector (condition label columns such as species)
+    image     an array-column target (e.g. the 11 x 11 EMC map), flattened to one feature per pixel after an
+              energy normalisation and a log/logit transform (``detgen.image_preprocessing``, ``data.image``)
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ import torch
 from torch import Tensor, nn
 
 from detgen.errors import DataError, SchemaError
+from detgen.image_preprocessing import (
+    ImageColumn,
+    check_image_values,
+    fit_image_column,
+    image_features,
+    image_options,
+)
 
 NUMERIC_KINDS = ("standard", "log", "minmax", "identity")
 
@@ -41,6 +52,8 @@ def fit_column(values: np.ndarray, kind: str, column: str, source: str) -> dict[
         shift, scale = (hi + lo) / 2, (hi - lo) / 2
     elif kind == "identity":
         shift, scale = 0.0, 1.0
+    elif (fixed := fixed_scale(kind)) is not None:
+        shift, scale = 0.0, fixed
     else:
         raise SchemaError(f"{source}: unknown transform {kind!r} for column {column!r}")
     if not np.isfinite(scale) or scale <= 0:
@@ -48,6 +61,17 @@ def fit_column(values: np.ndarray, kind: str, column: str, source: str) -> dict[
     raw = np.asarray(values, dtype=np.float64)
     return {"column": column, "kind": kind, "shift": shift, "scale": scale,
             "min": float(raw.min()), "max": float(raw.max())}
+
+
+def fixed_scale(kind: str) -> float | None:
+    """The S of a ``scale:S`` transform spec (a positive finite number), or None for any other spec."""
+    if not kind.startswith("scale:"):
+        return None
+    try:
+        value = float(kind[len("scale:"):])
+    except ValueError:
+        return None
+    return value if np.isfinite(value) and value > 0 else None
 
 
 def category_codes(values: np.ndarray, categories: Sequence[str], column: str, source: str) -> np.ndarray:
@@ -110,7 +134,11 @@ class Preprocessor(nn.Module):
         self.target_specs: list[dict[str, Any]] = spec["targets"]
         numeric = [s for s in self.condition_specs if s["kind"] != "onehot"]
         self.numeric_conditions = NumericColumns(numeric) if numeric else None
-        self.targets = NumericColumns(self.target_specs)
+        self.targets = NumericColumns([s for s in self.target_specs if s["kind"] != "image"])
+        # image targets (array columns), each with its own invertible transform; none for 1-D targets
+        self.images = nn.ModuleList(
+            ImageColumn(s, self.input_columns) for s in self.target_specs if s["kind"] == "image"
+        )
         # where each input column goes (positions in the raw condition input)
         offset = 1 if self.group else 0
         self.numeric_index = [offset + i for i, s in enumerate(self.condition_specs) if s["kind"] != "onehot"]
@@ -160,11 +188,98 @@ class Preprocessor(nn.Module):
         parts.extend(pieces[i] for i in sorted(pieces))
         return torch.cat(parts, dim=1)
 
-    def encode_targets(self, x: Tensor) -> Tensor:
-        return self.targets(x)
+    @property
+    def target_shapes(self) -> dict[str, list[int]]:
+        """Row shape of each target column: [] for 1-D columns, e.g. [11, 11] for an image column."""
+        return {s["column"]: list(s.get("shape", [])) for s in self.target_specs}
 
-    def decode_targets(self, y: Tensor) -> Tensor:
-        return self.targets.inverse(y)
+    @property
+    def n_target_features(self) -> int:
+        """Width of the targets in model space (1 per 1-D column, pixels [+ ln E] per image column)."""
+        return sum(image_features(s) if s["kind"] == "image" else 1 for s in self.target_specs)
+
+    def _target_blocks(self) -> list[tuple[int, int, int, int, int]]:
+        """Per target spec: (raw start, raw width, model start, model width, index in its module)."""
+        blocks, raw, model, numeric, image = [], 0, 0, 0, 0
+        for s in self.target_specs:
+            if s["kind"] == "image":
+                width = int(np.prod(s["shape"]))
+                blocks.append((raw, width, model, image_features(s), image))
+                image += 1
+            else:
+                width = 1
+                blocks.append((raw, 1, model, 1, numeric))
+                numeric += 1
+            raw, model = raw + width, model + blocks[-1][3]
+        return blocks
+
+    def encode_targets(self, x: Tensor, conditions: Tensor | None = None) -> Tensor:
+        """Physical targets (N, raw width; image columns flattened) -> model space.
+
+        ``conditions`` (the raw sampler condition input) is needed when an image is normalised by a condition.
+        """
+        if not len(self.images):
+            return self.targets(x)
+        blocks = self._target_blocks()
+        numeric = [raw for (raw, _, _, _, _), s in zip(blocks, self.target_specs) if s["kind"] != "image"]
+        encoded_numeric = self.targets(x[:, numeric]) if numeric else None
+        parts: list[Tensor] = []
+        for (raw, width, _, _, index), s in zip(blocks, self.target_specs):
+            if s["kind"] == "image":
+                column: ImageColumn = self.images[index]  # type: ignore[assignment]
+                parts.append(column(x[:, raw : raw + width], conditions))
+            else:
+                assert encoded_numeric is not None
+                parts.append(encoded_numeric[:, index : index + 1])
+        return torch.cat(parts, dim=1)
+
+    def decode_targets(self, y: Tensor, conditions: Tensor | None = None) -> Tensor:
+        """Model space -> physical targets (N, raw width; image columns flattened)."""
+        if not len(self.images):
+            return self.targets.inverse(y)
+        blocks = self._target_blocks()
+        numeric = [model for (_, _, model, _, _), s in zip(blocks, self.target_specs) if s["kind"] != "image"]
+        decoded_numeric = self.targets.inverse(y[:, numeric]) if numeric else None
+        parts: list[Tensor] = []
+        for (_, _, model, width, index), s in zip(blocks, self.target_specs):
+            if s["kind"] == "image":
+                column: ImageColumn = self.images[index]  # type: ignore[assignment]
+                parts.append(column.inverse(y[:, model : model + width], conditions))
+            else:
+                assert decoded_numeric is not None
+                parts.append(decoded_numeric[:, index : index + 1])
+        return torch.cat(parts, dim=1)
+
+    def target_array(self, table: dict[str, np.ndarray], *, source: str) -> np.ndarray:
+        """The raw (physical) target matrix (N, raw width), float32, image columns flattened row by row."""
+        n = len(next(iter(table.values())))
+        parts = []
+        for s in self.target_specs:
+            column = np.asarray(table[s["column"]])
+            shape = tuple(s.get("shape", []))
+            if column.shape[1:] != shape:
+                raise DataError(
+                    f"{source}: target column {s['column']!r} has rows of shape {column.shape[1:]}; expected "
+                    f"{shape} (as in the training data)"
+                )
+            parts.append(column.reshape(n, -1).astype(np.float32))
+        return np.concatenate(parts, axis=1)
+
+    def split_targets(self, y: np.ndarray) -> dict[str, np.ndarray]:
+        """Decoded targets (N, raw width) -> table columns: 1-D columns as float64, images reshaped (their dtype)."""
+        columns: dict[str, np.ndarray] = {}
+        for (raw, width, _, _, _), s in zip(self._target_blocks(), self.target_specs):
+            if s["kind"] == "image":
+                columns[s["column"]] = y[:, raw : raw + width].reshape(-1, *s["shape"]).astype(s["dtype"])
+            else:
+                columns[s["column"]] = y[:, raw].astype(np.float64)
+        return columns
+
+    def check_targets(self, table: dict[str, np.ndarray], *, source: str) -> None:
+        """DataError for target values the image transforms cannot take (see ``check_image_values``)."""
+        for s in self.target_specs:
+            if s["kind"] == "image":
+                check_image_values(np.asarray(table[s["column"]]), s, table, source=source)
 
     # ---- fit / save
     @classmethod
@@ -178,18 +293,40 @@ class Preprocessor(nn.Module):
         transforms: dict[str, str] | None = None,
         group_by: str | None = None,
         groups: Sequence[str] | None = None,
+        image: Any = None,
         source: str = "<data>",
     ) -> Preprocessor:
-        """Fit on the training split. Label columns get their categories from the data (sorted)."""
+        """Fit on the training split. Label columns get their categories from the data (sorted).
+
+        Array-column targets (shape (N, ...)) are image targets, preprocessed as ``image`` says (an object
+        with the fields of ``detgen.image_preprocessing.ImageOptions``; None: no normalisation, no transform).
+        """
         transforms = transforms or {}
         cond_specs: list[dict[str, Any]] = []
         for column in conditions:
+            if np.ndim(table[column]) != 1:
+                raise DataError(
+                    f"{source}: condition column {column!r} has shape {np.shape(table[column])}; conditions "
+                    "must be 1-D columns (array columns can only be targets)"
+                )
             if column in categorical:
                 cats = sorted(np.unique(np.asarray(table[column]).astype(str)).tolist())
                 cond_specs.append({"column": column, "kind": "onehot", "categories": cats})
             else:
                 cond_specs.append(fit_column(table[column], transforms.get(column, "standard"), column, source))
-        target_specs = [fit_column(table[t], transforms.get(t, "standard"), t, source) for t in targets]
+        target_specs = []
+        for t in targets:
+            if np.ndim(table[t]) == 1:
+                target_specs.append(fit_column(table[t], transforms.get(t, "standard"), t, source))
+            elif t in transforms:
+                raise DataError(
+                    f"{source}: data.transforms.{t} is set, but {t!r} is an array column (rows of shape "
+                    f"{np.shape(table[t])[1:]}); array columns are preprocessed by data.image"
+                )
+            else:
+                target_specs.append(
+                    fit_image_column(np.asarray(table[t]), t, image_options(image), source=source, conditions=table)
+                )
         group = None
         if group_by is not None:
             cats = list(groups) if groups else sorted(np.unique(np.asarray(table[group_by]).astype(str)).tolist())

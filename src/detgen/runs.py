@@ -107,12 +107,18 @@ class Run:
 
 def build_run_model(config: Config, preprocessor: Preprocessor) -> ModelFamily:
     groups = preprocessor.group["categories"] if preprocessor.group else None
-    return build_model(
+    model = build_model(
         config.model,
-        n_targets=len(preprocessor.target_columns),
+        n_targets=preprocessor.n_target_features,
         n_conditions=preprocessor.n_condition_features,
         groups=groups,
     )
+    # a family that works with physical thresholds (e.g. noise_mlp's split at R = 15 m) gets the preprocessing
+    for member in [model, *getattr(model, "members", {}).values()]:
+        bind = getattr(member, "bind_preprocessor", None)
+        if bind is not None:
+            bind(preprocessor)
+    return model
 
 
 def load_run(path: str | os.PathLike[str], *, device: str | None = None) -> Run:

@@ -219,6 +219,9 @@ def train(
     if not model.trainable:
         return _fit_closed_form(model, train_set, val_set, config, prepared.preprocessor, run_dir, meta, log)  # type: ignore[arg-type]
 
+    prepare_training = getattr(model, "prepare_training", None)
+    if prepare_training is not None:  # family hook: checks and counts that need the data (recorded in meta.json)
+        meta.update(prepare_training(prepared.preprocessor, train_set, val_set, log))
     optimizers = model.make_optimizers(training)
     shuffle = torch.Generator().manual_seed(training.seed + 1)
     state: dict[str, Any] = {"epoch": 0, "best_metric": math.inf, "best_epoch": -1, "history": [], "stale": 0}
@@ -343,6 +346,7 @@ def _meta(config: Config, prepared: PreparedData, run_dir: Path, resume: bool) -
         "schema": {
             "input_columns": p.input_columns,
             "target_columns": p.target_columns,
+            "target_shapes": p.target_shapes,
             "categories": p.categories,
             "group_by": p.group["column"] if p.group else None,
         },

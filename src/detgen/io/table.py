@@ -1,7 +1,9 @@
 """Tables in memory: checks, row selection, concatenation, splits, and the helpers every file format shares.
 
-A table is a ``dict[str, np.ndarray]`` of equal-length 1-D columns. A column is numeric (bool, integer or
-floating dtype) or categorical: a numpy object array of ``str`` (species labels, for instance).
+A table is a ``dict[str, np.ndarray]`` of equal-length columns. A column is numeric (bool, integer or
+floating dtype) or categorical: a numpy object array of ``str`` (species labels, for instance). A numeric column
+may be an *array column* of shape ``(N, ...)``: one fixed-shape array per row (an 11 x 11 crystal energy map,
+for instance); only HDF5 files hold array columns. String columns are always 1-D.
 """
 
 from __future__ import annotations
@@ -43,11 +45,25 @@ def is_string_column(column: np.ndarray) -> bool:
     return column.dtype.kind in "OU"
 
 
+def is_array_column(column: np.ndarray) -> bool:
+    """Whether ``column`` holds one fixed-shape array per row (shape ``(N, ...)`` with more than one axis)."""
+    return column.ndim > 1
+
+
+def row_shape(column: np.ndarray) -> tuple[int, ...]:
+    """The shape of one row of ``column``: ``()`` for a 1-D column, e.g. ``(11, 11)`` for a map column."""
+    return tuple(column.shape[1:])
+
+
 def _as_column(name: str, values: object, source: str) -> np.ndarray:
-    """Return ``values`` as a 1-D numeric or string column, or raise a DataError naming ``name``."""
+    """Return ``values`` as a numeric (1-D or array) or 1-D string column, or raise a DataError naming ``name``."""
     column = np.asarray(values)
-    if column.ndim != 1:
-        raise DataError(f"{source}: column '{name}' has shape {column.shape}; expected a 1-D column")
+    if column.ndim == 0:
+        raise DataError(f"{source}: column '{name}' is a scalar; expected one value or one array per row")
+    if column.dtype.kind in "OU" and column.ndim != 1:
+        raise DataError(
+            f"{source}: column '{name}' has shape {column.shape} and holds strings; expected a 1-D string column"
+        )
     if column.dtype.kind == "U":
         return column.astype(object)
     if column.dtype.kind == "O":
@@ -80,10 +96,11 @@ def table_length(table: Mapping[str, np.ndarray], *, source: str = "table") -> i
 
 
 def check_table(table: Mapping[str, object], *, source: str) -> Table:
-    """Validate a table to be written and return it with every column as a 1-D numpy array.
+    """Validate a table to be written and return it with every column as a numpy array.
 
     Raises:
-        DataError: no columns, a column that is not 1-D numeric/str, or columns of different lengths.
+        DataError: no columns, a column that is neither numeric (1-D or array) nor 1-D str, or columns of
+            different lengths.
     """
     if not table:
         raise DataError(f"{source}: table has no columns; expected at least one column")
@@ -110,6 +127,11 @@ def check_same_schema(
             raise SchemaError(
                 f"{source}: column '{name}' has dtype {other.dtype} in this batch; "
                 f"the first batch had {column.dtype}"
+            )
+        if row_shape(other) != row_shape(column):
+            raise SchemaError(
+                f"{source}: column '{name}' has rows of shape {row_shape(other)} in this batch; "
+                f"the first batch had {row_shape(column)}"
             )
 
 
@@ -158,7 +180,8 @@ def require_columns(
 def require_finite(table: Mapping[str, np.ndarray], columns: Sequence[str], *, source: str) -> None:
     """Raise a DataError if any of ``columns`` holds NaN or infinite values.
 
-    The message names the column, how many rows are NaN and how many are infinite, and the first bad row.
+    The message names the column, how many values are NaN and how many are infinite, and the first bad row
+    (for an array column also how many rows are affected and the first bad element within the row).
     Integer and bool columns are always finite; a string column is an error (it has no numeric values).
     """
     require_columns(table, columns, source=source)
@@ -172,6 +195,15 @@ def require_finite(table: Mapping[str, np.ndarray], columns: Sequence[str], *, s
         if bad.any():
             n_nan = int(np.isnan(column).sum())
             n_inf = int(bad.sum()) - n_nan
+            if is_array_column(column):
+                bad_rows = bad.reshape(len(column), -1).any(axis=1)
+                first_bad = np.argwhere(bad)[0]
+                element = tuple(int(i) for i in first_bad[1:])
+                raise DataError(
+                    f"{source}: column '{name}' has {n_nan} NaN and {n_inf} inf values in "
+                    f"{int(bad_rows.sum())} of {len(column)} rows (first at row {int(first_bad[0])}, "
+                    f"element {element}); expected finite values"
+                )
             first = int(np.flatnonzero(bad)[0])
             raise DataError(
                 f"{source}: column '{name}' has {n_nan} NaN and {n_inf} inf values in {len(column)} rows "
@@ -202,7 +234,7 @@ def select_rows(table: Mapping[str, np.ndarray], mask_or_index: np.ndarray | Seq
 
 
 def concat_tables(tables: Sequence[Mapping[str, np.ndarray]]) -> Table:
-    """Stack tables with the same columns row-wise; the column order is that of the first table."""
+    """Stack tables with the same columns (and row shapes) row-wise; the column order is that of the first."""
     if not tables:
         raise DataError("concat_tables: no tables given; expected at least one")
     first = tables[0]
@@ -212,6 +244,12 @@ def concat_tables(tables: Sequence[Mapping[str, np.ndarray]]) -> Table:
                 f"concat_tables: table {number} has columns {join_names(list(table))}; "
                 f"table 0 has {join_names(list(first))}"
             )
+        for name, column in first.items():
+            if row_shape(np.asarray(table[name])) != row_shape(np.asarray(column)):
+                raise DataError(
+                    f"concat_tables: column '{name}' has rows of shape {row_shape(np.asarray(table[name]))} in "
+                    f"table {number}; table 0 has {row_shape(np.asarray(column))}"
+                )
     return {name: np.concatenate([table[name] for table in tables]) for name in first}
 
 

@@ -14,6 +14,12 @@ from detgen.models.base import GroupedModel, ModelFamily, Sampler
 FAMILIES: dict[str, str] = {
     "flow": "detgen.models.flows:ConditionalFlow",
     "histogram": "detgen.models.histogram:HistogramSampling",
+    "flow_student": "detgen.models.student:FlowStudent",
+    "smearing": "detgen.models.smearing:GaussianSmearing",
+    "noise_mlp": "detgen.models.noise_mlp:NoiseMLP",
+    "juno_muon": "detgen.simulators.juno_fast:JunoMuonFastSim",
+    "gan": "detgen.models.gan:ConditionalGAN",
+    "regressor": "detgen.models.gan:ImageRegressor",
 }
 
 

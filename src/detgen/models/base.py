@@ -142,7 +142,8 @@ class Sampler(nn.Module):
     """``forward(noise, conditions) -> targets``, all in physical units (the one exported graph).
 
     ``conditions`` columns are ``preprocessor.input_columns`` (label columns as integer codes);
-    the output columns are ``preprocessor.target_columns``. Deterministic given the noise.
+    the output columns are ``preprocessor.target_columns`` (image columns flattened, pixel by pixel; an image
+    normalised by a condition is scaled back with the raw ``conditions``). Deterministic given the noise.
     """
 
     def __init__(self, generator: nn.Module, preprocessor: Preprocessor, noise_dim: int):
@@ -153,4 +154,4 @@ class Sampler(nn.Module):
 
     def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
         encoded = self.preprocessor.encode_conditions(conditions)
-        return self.preprocessor.decode_targets(self.generator(noise, encoded))
+        return self.preprocessor.decode_targets(self.generator(noise, encoded), conditions)

@@ -1,15 +1,21 @@
 """Conditional autoregressive flows built on zuko: neural spline (MADE + RQS) and affine MAF.
 
+Optionally the flow ends in a tanh bijection onto (-1, 1) (``final_tanh``), for targets scaled into [-1, 1]
+by fixed factors (the photon CNF); rows outside (-1, 1) have no preimage and are counted and left out of the loss.
+
 References:
     | Neural Spline Flows (Durkan et al., 2019), arXiv:1906.04032
     | Masked Autoregressive Flow for Density Estimation (Papamakarios et al., 2017), arXiv:1705.07057
     | The seed dE/dx model: 6 MADE blocks (3 x 64 hidden) driving RQS transforms with 8 bins.
+    | The photon CNF: Xu, Han, Ju, Wang, arXiv:2303.10148 (10 affine MAF blocks, MADE 2 x 128, final tanh).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,15 +27,54 @@ from detgen.config import FlowConfig
 from detgen.models.base import ModelFamily
 
 
+class TanhBijection:
+    """y = tanh(u): the real line onto (-1, 1), with its exact log-Jacobian.
+
+    ``log |dy/du| = ln(1 - tanh(u)^2) = 2 (ln 2 - u - softplus(-2u))``, a form that stays finite for large |u|.
+    """
+
+    @staticmethod
+    def forward(u: Tensor) -> Tensor:
+        return torch.tanh(u)
+
+    @staticmethod
+    def inverse(y: Tensor) -> Tensor:
+        """atanh(y); +-inf at |y| = 1 and NaN beyond (callers mask rows outside (-1, 1) first)."""
+        return torch.atanh(y)
+
+    @staticmethod
+    def log_abs_det(u: Tensor) -> Tensor:
+        """Per-feature log |dy/du| at u (same shape as u)."""
+        return 2 * (math.log(2) - u - F.softplus(-2 * u))
+
+
+def inside_tanh_domain(targets: Tensor) -> Tensor:
+    """Rows (bool, shape (N,)) whose every target lies strictly inside (-1, 1)."""
+    return (targets.abs() < 1).all(1)
+
+
 class FlowGenerator(nn.Module):
     """noise -> targets through the inverse of the flow's transform (deterministic given the noise)."""
 
-    def __init__(self, flow: zuko.flows.Flow):
+    def __init__(self, flow: zuko.flows.Flow, *, final_tanh: bool = False):
         super().__init__()
         self.flow = flow
+        self.final_tanh = final_tanh
 
     def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
-        return self.flow.transform(conditions).inv(noise)
+        u = self.flow.transform(conditions).inv(noise)
+        return torch.tanh(u) if self.final_tanh else u
+
+
+class TanhOutput(nn.Module):
+    """Appends the final tanh bijection to a generator ``(noise, conditions) -> u``."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        return torch.tanh(self.generator(noise, conditions))
 
 
 class ConditionalFlow(ModelFamily):
@@ -66,6 +111,7 @@ class ConditionalFlow(ModelFamily):
             )
         else:
             self.flow = zuko.flows.MAF(**common)  # type: ignore[arg-type]
+        self.final_tanh = config.final_tanh
         self._stack: SplineStackGenerator | None = None
         if n_targets == 1 and config.transform == "rqs":
             # a view of the flow's own layers (not a copy): excluded from state_dict to keep one set of weights
@@ -75,21 +121,143 @@ class ConditionalFlow(ModelFamily):
         """Training rows with a target outside the spline domain (where the flow is the identity)."""
         if self.config.transform != "rqs":
             return 0
+        if self.final_tanh:  # the spline acts before the tanh: measure in its own (pre-tanh) space
+            targets = TanhBijection.inverse(targets[inside_tanh_domain(targets)])
         return int((targets.abs() > self.config.bound).any(1).sum())
 
-    def log_prob(self, targets: Tensor, conditions: Tensor) -> Tensor:
+    def prepare_training(self, preprocessor: Any, train_set: tuple[Tensor, Tensor], val_set: tuple[Tensor, Tensor],
+                         log: Callable[[str], None]) -> dict[str, Any]:
+        """Count (and log) the rows the final tanh cannot represent; the trainer records them in meta.json."""
+        if not self.final_tanh:
+            return {}
+        return {"rows_outside_tanh_domain": count_outside_tanh(preprocessor, train_set, val_set, log)}
+
+    def _base_log_prob(self, u: Tensor, conditions: Tensor) -> Tensor:
         if self._stack is not None:  # same function, one batched pass over the blocks
-            return self._stack.log_prob(targets, conditions)
-        return self.flow(conditions).log_prob(targets)
+            return self._stack.log_prob(u, conditions)
+        return self.flow(conditions).log_prob(u)
+
+    def log_prob(self, targets: Tensor, conditions: Tensor) -> Tensor:
+        """log density in model space; -inf for rows outside (-1, 1) when the flow ends in a tanh."""
+        if not self.final_tanh:
+            return self._base_log_prob(targets, conditions)
+        inside = inside_tanh_domain(targets)
+        u = TanhBijection.inverse(torch.where(inside.unsqueeze(1), targets, torch.zeros_like(targets)))
+        log_p = self._base_log_prob(u, conditions) - TanhBijection.log_abs_det(u).sum(1)
+        return torch.where(inside, log_p, torch.full_like(log_p, -math.inf))
 
     def loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
-        return -self.log_prob(targets, conditions).mean()
+        """Mean negative log-likelihood; with a final tanh, over the rows inside (-1, 1) only (see prepare_training)."""
+        if not self.final_tanh:
+            return -self.log_prob(targets, conditions).mean()
+        inside = inside_tanh_domain(targets)
+        if not bool(inside.any()):  # a batch of unrepresentable rows only: nothing to learn from it
+            return sum((p.sum() for p in self.parameters()), targets.new_zeros(())) * 0.0
+        return -self.log_prob(targets[inside], conditions[inside]).mean()
 
     def generator(self) -> nn.Module:
-        """The sampler graph; one-target spline flows get the specialised (same-function) generator."""
+        """The sampler graph: plain tensor ops for one-target spline flows and multi-target affine MAFs."""
+        generator: nn.Module
         if self._stack is not None:
-            return FrozenSplineSampler(self._stack)
-        return FlowGenerator(self.flow)
+            generator = FrozenSplineSampler(self._stack)
+        elif self.config.transform == "affine" and self.n_targets > 1:
+            generator = AffineMAFSampler(self.flow)
+        else:
+            return FlowGenerator(self.flow, final_tanh=self.final_tanh)
+        return TanhOutput(generator) if self.final_tanh else generator
+
+
+def count_outside_tanh(preprocessor: Any, train_set: tuple[Tensor, Tensor], val_set: tuple[Tensor, Tensor],
+                       log: Callable[[str], None]) -> dict[str, Any]:
+    """Rows with a scaled target outside (-1, 1), per split and per target column; logged when any."""
+    columns = list(preprocessor.target_columns)
+    counts: dict[str, Any] = {}
+    for split, (targets, _) in (("train", train_set), ("val", val_set)):
+        outside = ~inside_tanh_domain(targets)
+        counts[split] = int(outside.sum())
+        counts[f"{split}_rows"] = int(targets.shape[0])
+        counts[f"{split}_by_column"] = {c: int((targets[:, j].abs() >= 1).sum()) for j, c in enumerate(columns)}
+    if counts["train"] or counts["val"]:
+        per_column = ", ".join(f"{c} {n}" for c, n in counts["train_by_column"].items() if n)
+        log(f"warning: {counts['train']} of {counts['train_rows']} training rows ({per_column}) and {counts['val']} "
+            f"validation rows have a scaled target outside (-1, 1), which the final tanh cannot represent; they are "
+            f"left out of the loss (counts in meta.json: rows_outside_tanh_domain). A larger scale:S keeps them.")
+    return counts
+
+
+def masked_mlp_weights(hyper: nn.Module) -> list[tuple[Tensor, Tensor]]:
+    """(weight * mask, bias) of every masked linear layer of a zuko MaskedMLP, detached copies."""
+    layers = [m for m in hyper.modules() if isinstance(m, nn.Linear)]
+    return [((m.mask * m.weight).detach().clone(), m.bias.detach().clone()) for m in layers]  # type: ignore[operator]
+
+
+class FrozenMADEStack(nn.Module):
+    """The MADE networks of a stack of affine autoregressive blocks, frozen as buffers (plain tensor ops).
+
+    Each block's network maps ``[x, conditions]`` to an affine ``(shift, log_scale)`` per feature, as zuko's
+    ``MaskedAutoregressiveTransform`` with ``MonotonicAffineTransform`` does. The conditions' share of every
+    block's first layer is evaluated once for all blocks (one batched matmul).
+    """
+
+    def __init__(self, transforms: list[nn.Module], *, features: int, slope: float = 1e-3):
+        super().__init__()
+        self.features, self.n_blocks = features, len(transforms)
+        self.log_slope = abs(math.log(slope))
+        per_block = [masked_mlp_weights(t.hyper) for t in transforms]  # type: ignore[attr-defined, arg-type]
+        self.n_layers = len(per_block[0])
+        first = torch.stack([w for (w, _), *_ in per_block])  # (blocks, hidden, features + conditions)
+        self.register_buffer("first_x", first[:, :, :features].transpose(1, 2).contiguous())
+        self.register_buffer("first_c", first[:, :, features:].transpose(1, 2).contiguous())
+        self.register_buffer("first_b", torch.stack([b for (_, b), *_ in per_block]).unsqueeze(1).contiguous())
+        # zuko interleaves the outputs (shift_1, scale_1, shift_2, ...): store shifts first, then scales
+        order = torch.cat([torch.arange(0, 2 * features, 2), torch.arange(1, 2 * features, 2)])
+        for k, layers in enumerate(per_block):
+            for j, (w, b) in enumerate(layers[1:], start=1):
+                if j == self.n_layers - 1:
+                    w, b = w[order], b[order]
+                self.register_buffer(f"w{k}_{j}", w.t().contiguous())
+                self.register_buffer(f"b{k}_{j}", b.contiguous())
+
+    def condition_terms(self, conditions: Tensor) -> Tensor:
+        """(blocks, N, hidden): the conditions' contribution to each block's first layer, bias included."""
+        c = conditions.unsqueeze(0).expand(self.n_blocks, -1, -1)
+        return torch.baddbmm(self.first_b, c, self.first_c)  # type: ignore[arg-type]
+
+    def shift_log_scale(self, block: int, x: Tensor, condition_term: Tensor) -> tuple[Tensor, Tensor]:
+        """Block ``block``'s affine parameters for input x (N, features); log_scale soft-bounded as in zuko."""
+        h = torch.relu(torch.addmm(condition_term, x, self.first_x[block]))  # type: ignore[index]
+        for j in range(1, self.n_layers):
+            h = torch.addmm(getattr(self, f"b{block}_{j}"), h, getattr(self, f"w{block}_{j}"))
+            if j < self.n_layers - 1:
+                h = torch.relu(h)
+        shift, a = h[:, : self.features], h[:, self.features :]
+        return shift, a / (1 + a.abs() / self.log_slope)
+
+
+class AffineMAFSampler(nn.Module):
+    """Sampler of a multi-target affine MAF: zuko's inverse (one pass per block and feature), plain tensor ops.
+
+    Block k maps data-side x to latent-side y = x exp(s(x)) + m(x) autoregressively; its inverse needs
+    ``features`` sequential passes (zuko's fixed-point scheme, exact after that many). The same function as
+    ``flow.transform(c).inv(noise)`` (tested), without zuko's per-call Python objects, and exportable.
+    """
+
+    def __init__(self, flow: zuko.flows.Flow, *, slope: float = 1e-3):
+        super().__init__()
+        transforms = list(flow.transform.transforms)
+        self.features = int(transforms[0].order.numel())
+        self.made = FrozenMADEStack(transforms, features=self.features, slope=slope)
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        terms = self.made.condition_terms(conditions)
+        y = noise
+        for block in range(self.made.n_blocks - 1, -1, -1):
+            x = torch.zeros_like(y)
+            for _ in range(self.features):
+                shift, log_scale = self.made.shift_log_scale(block, x, terms[block])
+                x = (y - shift) * torch.exp(-log_scale)
+            y = x
+        return y
 
 
 def rqs_inverse(y: Tensor, knots_x: Tensor, knots_y: Tensor, slopes: Tensor, bins: int) -> Tensor:

@@ -1,0 +1,250 @@
+"""JUNO benchmark: NN_npe / NN_time (two losses and a flow), then fast versus reference muons and 1 MeV gammas.
+
+    python benchmarks/juno.py --out bench_out/juno [--quick]
+
+1. simulate 1 MeV point deposits (uniform R) for training and an independent test set (reference transport);
+2. train NN_npe and NN_time (configs/juno_npe.yaml, configs/juno_time.yaml) once per loss (--losses), and the
+   conditional flows (configs/juno_npe_flow.yaml on dequantised npe, configs/juno_time_flow.yaml); score each
+   pair by simulating the test events straight from the networks (npe from NN_npe per PMT, one NN_time draw
+   per p.e.) and validating against the reference (detgen.validation.juno.validate_juno);
+3. tabulate the winners (npe: lowest mean separation power per (R, theta) bin; time: smallest hit-time median
+   deviation) with the juno_muon family (configs/juno_muon.yaml) and check the table against the networks
+   (same test events, from the table);
+4. 1 MeV gammas at Z = 0, 5, 10, 15, 17 m: reference versus fast simulation;
+5. the same muons through the reference photon transport and the fast simulation (detgen generate on the
+   juno_muon run), wall time per muon measured in this one process; fidelity from validate_juno.
+Writes results.json and results.md into --out (and each validation's report dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from detgen.config import config_from_dict
+from detgen.generation import generate
+from detgen.io import read_table, write_table
+from detgen.runs import load_run
+from detgen.simulators.juno import NO_HIT_TIME_NS, simulate_muons, simulate_points, write_point_tables
+from detgen.simulators.juno_fast import add_dequantized_counts
+from detgen.training import train
+from detgen.validation.juno import validate_juno
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+GAMMA_Z_M = [0.0, 5.0, 10.0, 15.0, 17.0]
+KEYS = ["total_pe_rel_dev", "hit_time_median_dev_ns", "max_separation_power_npe", "max_separation_power_time",
+        "mean_separation_power_npe", "mean_separation_power_time", "npe_mean_rel_dev_max", "separation_power_floor",
+        "n_bins_compared_npe", "n_bins_compared_time"]
+
+
+@dataclasses.dataclass
+class Settings:
+    train_events: int = 400
+    test_events: int = 300
+    gamma_events: int = 100
+    muons: int = 6
+    train_rows: int = 200_000
+    epochs: int = 3
+    r_nodes: int = 60
+    theta_nodes: int = 91
+    noise_draws: int = 256
+    steps_m: tuple[float, ...] = (0.1, 0.5)
+
+
+QUICK = Settings(train_events=40, test_events=120, gamma_events=25, muons=2, train_rows=60_000, epochs=1,
+                 r_nodes=24, theta_nodes=31, noise_draws=64, steps_m=(0.5,))
+
+
+def config(name: str, settings: Settings, **model: Any) -> Any:
+    raw = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    raw["data"]["max_train_rows"] = settings.train_rows
+    raw["training"]["epochs"] = settings.epochs
+    raw["model"].update(model)
+    return config_from_dict(raw, source=name)
+
+
+@torch.no_grad()
+def network_points(npe_run: Any, time_run: Any, truth: dict[str, dict[str, np.ndarray]], seed: int
+                   ) -> dict[str, dict[str, np.ndarray]]:
+    """Point events simulated straight from the networks on the truth's (event, PMT) rows.
+
+    npe of every PMT from NN_npe (floored for a flow on dequantised counts); every p.e. a time from NN_time;
+    the first hit is the earliest. No table, no Poisson assumption: this scores the networks themselves.
+    """
+    g = torch.Generator().manual_seed(seed)
+    pmt = truth["pmt"]
+    cond = {"r_m": pmt["r_m"].astype(np.float64), "theta": pmt["theta"].astype(np.float64)}
+    npe_sampler = npe_run.sampler()
+    c = torch.from_numpy(npe_run.preprocessor.condition_array(cond, source="test")).float()
+    npe = torch.cat([npe_sampler(torch.randn(len(part), npe_sampler.noise_dim, generator=g), part)
+                     for part in torch.split(c, 65536)])[:, 0]
+    counts = torch.floor(npe.clamp_min(0)).long()
+    owner = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    time_sampler = time_run.sampler()
+    tc = {"r_m": cond["r_m"][owner.numpy()], "theta": cond["theta"][owner.numpy()]}
+    c = torch.from_numpy(time_run.preprocessor.condition_array(tc, source="test")).float()
+    hit_time = torch.cat([time_sampler(torch.randn(len(part), time_sampler.noise_dim, generator=g), part)
+                          for part in torch.split(c, 65536)])[:, 0] if len(c) else torch.zeros(0)
+    first = torch.full((len(counts),), math.inf).scatter_reduce(0, owner, hit_time, reduce="amin")
+    first = torch.where(counts > 0, first, torch.full_like(first, NO_HIT_TIME_NS))
+    return {"pmt": {**{k: pmt[k] for k in ("event", "pmt", "r_m", "theta")},
+                    "npe": counts.numpy().astype(np.int32), "first_hit_ns": first.numpy().astype(np.float32)},
+            "hits": {"event": pmt["event"][owner.numpy()], "r_m": pmt["r_m"][owner.numpy()],
+                     "theta": pmt["theta"][owner.numpy()], "time_ns": hit_time.numpy().astype(np.float32)}}
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in KEYS if k in metrics}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench_out/juno")
+    parser.add_argument("--quick", action="store_true", help="a few minutes: tiny data, one epoch, 2 muons")
+    parser.add_argument("--losses", default="energy,mmd", help="two-sample losses to compare")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    settings = QUICK if args.quick else Settings()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    results: dict[str, Any] = {"settings": dataclasses.asdict(settings), "threads": args.threads,
+                               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                               "load_average_start": os.getloadavg()}
+    log = print
+
+    # 1. point data ------------------------------------------------------------------------------------
+    tic = time.perf_counter()
+    train_tables, info = simulate_points(settings.train_events, seed=args.seed)
+    add_dequantized_counts(train_tables["pmt"], seed=args.seed)
+    write_point_tables(out / "points_train.h5", train_tables)
+    test_tables, _ = simulate_points(settings.test_events, seed=args.seed + 1)
+    results["reference_points"] = {"events_per_s": info["events_per_s"], "pe_per_s": info["pe_per_s"],
+                                   "seconds": round(time.perf_counter() - tic, 2)}
+    log(f"point data: {settings.train_events} + {settings.test_events} events ({results['reference_points']})")
+
+    # 2. networks: each loss, and the flow --------------------------------------------------------------
+    runs: dict[str, Path] = {}
+    networks: dict[str, Any] = {}
+    for loss in args.losses.split(","):
+        for what in ("npe", "time"):
+            name = f"{what}_{loss}"
+            tic = time.perf_counter()
+            runs[name] = train(config(f"juno_{what}", settings, loss=loss), out / "points_train.h5",
+                               out / "runs" / name, progress=False, log=lambda s: None)
+            networks[name] = {"train_seconds": round(time.perf_counter() - tic, 1)}
+            log(f"trained {name} in {networks[name]['train_seconds']} s")
+        metrics = validate_juno(test_tables, network_points(load_run(runs[f"npe_{loss}"]), load_run(runs[f"time_{loss}"]),
+                                                            test_tables, seed=3),
+                                out / f"report_networks_{loss}", make_figures=False)
+        networks[f"npe_{loss}"].update(summary(metrics))
+        log(f"networks with loss {loss}: {summary(metrics)}")
+    for what in ("npe", "time"):
+        tic = time.perf_counter()
+        runs[f"{what}_flow"] = train(config(f"juno_{what}_flow", settings), out / "points_train.h5",
+                                     out / "runs" / f"{what}_flow", progress=False, log=lambda s: None)
+        networks[f"{what}_flow"] = {"train_seconds": round(time.perf_counter() - tic, 1)}
+    metrics = validate_juno(test_tables, network_points(load_run(runs["npe_flow"]), load_run(runs["time_flow"]),
+                                                        test_tables, seed=3),
+                            out / "report_networks_flow", make_figures=False)
+    networks["npe_flow"].update(summary(metrics))
+    log(f"flows (npe and time): {summary(metrics)}")
+    candidates = [*args.losses.split(","), "flow"]
+
+    def score(name: str, key: str) -> float:  # lower is better; the pair's evaluation sits under npe_<name>
+        value = networks[f"npe_{name}"].get(key, math.inf)
+        return abs(float(value)) if value == value else math.inf
+
+    best_npe = min(candidates, key=lambda c: score(c, "mean_separation_power_npe"))
+    best_time = min(candidates, key=lambda c: score(c, "hit_time_median_dev_ns"))
+    results["networks"] = networks
+    results["winners"] = {"npe": best_npe, "time": best_time}
+    log(f"winners: npe {best_npe}, time {best_time}")
+
+    # 3. the table of the winning pair ------------------------------------------------------------------
+    muon_raw = yaml.safe_load((CONFIGS / "juno_muon.yaml").read_text())
+    muon_raw["model"].update(npe_run=str(runs[f"npe_{best_npe}"]), time_run=str(runs[f"time_{best_time}"]),
+                             r_nodes=settings.r_nodes, theta_nodes=settings.theta_nodes,
+                             noise_draws=settings.noise_draws, step_m=settings.steps_m[0])
+    tic = time.perf_counter()
+    muon_run = train(config_from_dict(muon_raw, source="juno_muon"), out / "points_train.h5", out / "runs" / "muon",
+                     progress=False, log=log)
+    results["tabulation"] = {"seconds": round(time.perf_counter() - tic, 1),
+                             **json.loads((muon_run / "meta.json").read_text())["fit_info"]}
+    family = load_run(muon_run).model
+    sim = family.simulator()  # type: ignore[operator]
+    g = torch.Generator().manual_seed(5)
+    test_r = test_tables["pmt"]["r_m"].reshape(settings.test_events, -1)[:, 0].astype(np.float64)
+    from_table = sim.points(test_r, energy_mev=1.0, generator=g)
+    results["table_vs_reference"] = summary(validate_juno(test_tables, from_table, out / "report_table",
+                                                          make_figures=False))
+    log(f"table vs reference (test points): {results['table_vs_reference']}")
+
+    # 4. 1 MeV gammas on the z axis ---------------------------------------------------------------------
+    tic = time.perf_counter()
+    gamma_truth, _ = simulate_points(settings.gamma_events * len(GAMMA_Z_M), r_values_m=GAMMA_Z_M,
+                                     seed=args.seed + 2)
+    reference_seconds = time.perf_counter() - tic
+    r_gamma = np.resize(np.array(GAMMA_Z_M), settings.gamma_events * len(GAMMA_Z_M))
+    tic = time.perf_counter()
+    gamma_fast = sim.points(r_gamma, energy_mev=1.0, generator=g)
+    fast_seconds = time.perf_counter() - tic
+    gamma_metrics = validate_juno(gamma_truth, gamma_fast, out / "report_gammas")
+    results["gammas"] = {**{k: v for k, v in gamma_metrics.items() if isinstance(v, (int, float))},
+                         "reference_seconds_per_event": reference_seconds / len(r_gamma),
+                         "fast_seconds_per_event": fast_seconds / len(r_gamma)}
+    log(f"1 MeV gammas: {summary(gamma_metrics)}; {reference_seconds / fast_seconds:.0f}x faster")
+
+    # 5. muons: reference and fast, same tracks, one process ---------------------------------------------
+    cpu = time.process_time()
+    muon_truth, _ = simulate_muons(settings.muons, seed=args.seed + 3)
+    reference_cpu_per_muon = (time.process_time() - cpu) / settings.muons
+    write_table(out / "muons_reference.h5", muon_truth)
+    reference_per_muon = float(np.mean(muon_truth["wall_time_s"]))
+    results["muons"] = {"reference_seconds_per_muon": reference_per_muon,
+                        "reference_cpu_seconds_per_muon": reference_cpu_per_muon, "n_muons": settings.muons,
+                        "load_average": os.getloadavg()}
+    for step in settings.steps_m:
+        run_dir = muon_run
+        if step != settings.steps_m[0]:  # the same tables with another voxel step
+            muon_raw["model"]["step_m"] = step
+            run_dir = out / "runs" / f"muon_step{step}"
+            shutil.copytree(muon_run, run_dir)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(
+                {**yaml.safe_load((muon_run / "config.yaml").read_text()), "model": muon_raw["model"]}, sort_keys=False))
+        fast_path = out / f"muons_fast_step{step}.h5"
+        cpu = time.process_time()
+        info = generate(run_dir, out / "muons_reference.h5", fast_path, seed=7, progress=False, log=log)
+        fast_cpu_per_muon = (time.process_time() - cpu) / settings.muons  # includes reading/writing the files
+        fast = read_table(fast_path)
+        per_muon = float(np.mean(fast["wall_time_s"]))
+        metrics = validate_juno(muon_truth, fast, out / f"report_muons_step{step}", kind="muons")
+        results["muons"][f"step_{step}"] = {
+            "fast_seconds_per_muon": per_muon, "fast_seconds_per_muon_with_io": info["seconds_per_muon"],
+            "speedup": reference_per_muon / per_muon, "fast_cpu_seconds_per_muon_with_io": fast_cpu_per_muon,
+            "speedup_cpu_time_with_io": reference_cpu_per_muon / fast_cpu_per_muon,
+            **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        log(f"muons, step {step} m: {reference_per_muon:.2f} s -> {per_muon * 1e3:.1f} ms per muon "
+            f"({reference_per_muon / per_muon:.0f}x); {summary(metrics)}")
+    results["load_average_end"] = os.getloadavg()
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    log(f"results: {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

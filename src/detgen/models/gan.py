@@ -1,0 +1,458 @@
+"""Conditional WGAN-GP for calorimeter images and the CNN regressor that constrains it (BESIII EMC seed).
+
+The generator follows the seed's layer sequence: ``[noise, conditions] -> Dense(16 x 4 x 4) -> upsample x 3
+(12 x 12) -> convolutions 16, 16, 16, 8 -> a valid 2 x 2 convolution to 1 channel (12 x 12 -> 11 x 11, so no
+crystal is cropped away: every output crystal sees a 2 x 2 patch of the upsampled features) -> ReLU``. Its
+output is the image in model space (after ``data.image`` preprocessing, e.g. the fraction of the incident
+momentum in each crystal), flattened, so the one sampler graph decodes it to MeV.
+
+The critic scores (image, conditions): convolutions on the image (and on ln(x + eps) as a second channel, so
+low-energy crystals count), a dense layer, minibatch discrimination (Salimans et al. 2016, arXiv:1606.03498),
+then the features concatenated with the conditions, the total energy and a sparsity measure -> one score.
+Training is WGAN-GP (Gulrajani et al. 2017, arXiv:1704.00028): ``n_critic`` critic steps on slices of each batch
+with the gradient penalty ``gp_weight * E[(|grad D(x_hat)|_2 - 1)^2]``, then one generator step with loss
+``-E[D(G(z, y), y)] + regressor_weight * E|y_r - R(G(z, y))|_1`` where R is a frozen, separately trained
+:class:`ImageRegressor` (``model.regressor_run``) that reads (mom, dtheta_mom, dphi_mom) back from the image.
+
+Both are :class:`detgen.models.base.ModelFamily` s driven by the one trainer (``make_optimizers`` gives the
+generator and critic Adam optimisers, ``train_step`` the alternating updates); checkpoints hold both optimisers.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from detgen.errors import ConfigError, DataError
+from detgen.models.base import ModelFamily
+
+
+# ------------------------------------------------------------------------------------------ config checks
+def check_gan_config(config: Any, data: Any, source: str) -> None:
+    """ConfigError for GAN settings that cannot work (called when the config is loaded)."""
+    if len(config.image_shape) != 2 or min(config.image_shape) < 1:
+        raise ConfigError(f"{source}: model.image_shape = {config.image_shape} (expected [height, width])")
+    if len(config.dense_shape) != 3 or min(config.dense_shape) < 1:
+        raise ConfigError(f"{source}: model.dense_shape = {config.dense_shape} (expected [channels, height, width])")
+    up_h, up_w = config.dense_shape[1] * config.upsample, config.dense_shape[2] * config.upsample
+    if up_h < config.image_shape[0] or up_w < config.image_shape[1]:
+        raise ConfigError(
+            f"{source}: model.dense_shape {config.dense_shape} upsampled x{config.upsample} is {up_h} x {up_w}, "
+            f"smaller than model.image_shape {config.image_shape}"
+        )
+    if not config.generator_channels or config.generator_channels[-1] != 1:
+        raise ConfigError(f"{source}: model.generator_channels must end with 1 (one image channel)")
+    if config.kernel_size % 2 != 1:
+        raise ConfigError(f"{source}: model.kernel_size = {config.kernel_size} (expected an odd number)")
+    if not config.critic_channels or config.critic_features < 1 or config.n_critic < 1:
+        raise ConfigError(f"{source}: model.critic_channels, critic_features and n_critic must be non-empty/positive")
+    if len(config.betas) != 2 or not all(0 <= b < 1 for b in config.betas):
+        raise ConfigError(f"{source}: model.betas = {config.betas} (expected two numbers in [0, 1))")
+    if (config.regressor_run is None) != (config.regressor_weight == 0):
+        raise ConfigError(
+            f"{source}: model.regressor_run and model.regressor_weight go together (got regressor_run "
+            f"{config.regressor_run!r}, regressor_weight {config.regressor_weight})"
+        )
+    if data.group_by is not None:
+        raise ConfigError(f"{source}: family gan trains one model; data.group_by is not supported (select one "
+                          "group with data.select, or make the group a condition)")
+    if data.image.normalise == "total":
+        raise ConfigError(f"{source}: family gan needs data.image.normalise none or condition (total adds a "
+                          "non-pixel feature the convolutional generator cannot produce)")
+
+
+def check_regressor_config(config: Any, data: Any, source: str) -> None:
+    if len(config.image_shape) != 2 or min(config.image_shape) < 1:
+        raise ConfigError(f"{source}: model.image_shape = {config.image_shape} (expected [height, width])")
+    for column in config.predict:
+        if column not in data.conditions or column in data.categorical:
+            raise ConfigError(f"{source}: model.predict names {column!r}, which is not a numeric condition "
+                              f"(data.conditions: {', '.join(data.conditions)})")
+    if not config.predict or len(config.conv_channels) < 1:
+        raise ConfigError(f"{source}: model.predict and model.conv_channels must not be empty")
+    if config.loss not in ("l1", "mse"):
+        raise ConfigError(f"{source}: model.loss = {config.loss!r} (expected l1 or mse)")
+    if data.image.normalise == "total":
+        raise ConfigError(f"{source}: family regressor needs data.image.normalise none or condition")
+
+
+def _check_pixels(n_targets: int, image_shape: list[int], family: str) -> None:
+    if n_targets != math.prod(image_shape):
+        raise ConfigError(
+            f"model.family {family}: the targets have {n_targets} features in model space but model.image_shape "
+            f"{image_shape} has {math.prod(image_shape)} pixels (the target must be one image column of that shape)"
+        )
+
+
+def condition_positions(preprocessor: Any, columns: list[str]) -> list[int]:
+    """Positions of numeric condition ``columns`` in the encoded conditions (one-hot blocks take several)."""
+    positions, offset = {}, 0
+    for spec in preprocessor.condition_specs:
+        positions[spec["column"]] = offset
+        offset += len(spec["categories"]) if spec["kind"] == "onehot" else 1
+    return [positions[c] for c in columns]
+
+
+# ------------------------------------------------------------------------------------------ networks
+class ShowerGenerator(nn.Module):
+    """(noise, encoded conditions) -> flattened image in model space (plain tensor ops; the exported graph)."""
+
+    def __init__(self, *, noise_dim: int, n_conditions: int, config: Any):
+        super().__init__()
+        channels, height, width = config.dense_shape
+        self.dense_shape = (channels, height, width)
+        self.dense = nn.Linear(noise_dim + n_conditions, channels * height * width)
+        self.upsample = int(config.upsample)
+        layers: list[nn.Module] = []
+        previous = channels
+        for out in config.generator_channels[:-1]:
+            layers += [nn.Conv2d(previous, out, config.kernel_size, padding=config.kernel_size // 2),
+                       nn.LeakyReLU(0.2)]
+            previous = out
+        # the last convolution is "valid": its kernel maps the upsampled size exactly onto the image size
+        kernel = (height * self.upsample - config.image_shape[0] + 1, width * self.upsample - config.image_shape[1] + 1)
+        layers.append(nn.Conv2d(previous, 1, kernel))
+        self.convolutions = nn.Sequential(*layers)
+
+    #: Rows per pass in eager mode: the (rows, 16, 12, 12) activations of 256 rows (2.4 MB) stay in cache; on
+    #: this CPU 256-row passes ran 2-2.5x faster than 2048-row ones and a 65536-row batch in one pass (600 MB
+    #: per activation) several times slower. Rows are independent, so chunking does not change the output.
+    chunk_rows = 256
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        n = noise.shape[0]
+        if n > self.chunk_rows and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            return torch.cat([self._images(noise[i : i + self.chunk_rows], conditions[i : i + self.chunk_rows])
+                              for i in range(0, n, self.chunk_rows)])
+        return self._images(noise, conditions)
+
+    def _images(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        h = nn.functional.leaky_relu(self.dense(torch.cat([noise, conditions], dim=1)), 0.2)
+        h = h.view(-1, *self.dense_shape)
+        h = nn.functional.interpolate(h, scale_factor=float(self.upsample), mode="nearest")
+        return torch.relu(self.convolutions(h)).flatten(1)
+
+
+class MinibatchDiscrimination(nn.Module):
+    """Per row b = 1..kernels: the mean over the other rows j of exp(-|M_i,b - M_j,b|_1) (Salimans et al. 2016).
+
+    The mean (rather than the paper's sum) keeps the feature's scale independent of the batch size.
+    """
+
+    def __init__(self, in_features: int, kernels: int, kernel_dim: int):
+        super().__init__()
+        self.kernels, self.kernel_dim = kernels, kernel_dim
+        self.projection = nn.Linear(in_features, kernels * kernel_dim, bias=False)
+
+    def forward(self, features: Tensor) -> Tensor:
+        m = self.projection(features).view(-1, self.kernels, self.kernel_dim)
+        distance = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(-1)  # (N, N, kernels)
+        similarity = torch.exp(-distance).sum(1) - 1.0  # without the row itself
+        return similarity / max(features.shape[0] - 1, 1)
+
+
+class ShowerCritic(nn.Module):
+    """(flattened image in model space, encoded conditions) -> Wasserstein critic score (N,)."""
+
+    def __init__(self, *, n_conditions: int, config: Any):
+        super().__init__()
+        self.image_shape = tuple(config.image_shape)
+        self.log_epsilon = float(config.log_epsilon)
+        self.sparsity_scale = float(config.sparsity_scale)
+        layers: list[nn.Module] = []
+        n_channels = previous = 2 if self.log_epsilon > 0 else 1
+        for i, out in enumerate(config.critic_channels):
+            layers += [nn.Conv2d(previous, out, 3, stride=1 if i == 0 else 2, padding=1), nn.LeakyReLU(0.2)]
+            previous = out
+        self.convolutions = nn.Sequential(*layers)
+        with torch.no_grad():
+            n_flat = self.convolutions(torch.zeros(1, n_channels, *self.image_shape)).numel()
+        self.features = nn.Sequential(nn.Linear(n_flat, config.critic_features), nn.LeakyReLU(0.2))
+        self.minibatch = MinibatchDiscrimination(config.critic_features, config.minibatch_kernels,
+                                                 config.minibatch_kernel_dim)
+        n_head = config.critic_features + config.minibatch_kernels + n_conditions + 2
+        self.head = nn.Sequential(nn.Linear(n_head, 64), nn.LeakyReLU(0.2), nn.Linear(64, 1))
+
+    def forward(self, images: Tensor, conditions: Tensor) -> Tensor:
+        x = images.view(-1, 1, *self.image_shape)
+        if self.log_epsilon > 0:
+            x = torch.cat([x, torch.log(torch.clamp(x, min=0.0) + self.log_epsilon)], dim=1)
+        f = self.features(self.convolutions(x).flatten(1))
+        total = images.sum(1, keepdim=True)
+        sparsity = (1.0 - torch.exp(-torch.clamp(images, min=0.0) / self.sparsity_scale)).mean(1, keepdim=True)
+        h = torch.cat([f, self.minibatch(f), conditions, total, sparsity], dim=1)
+        return self.head(h).squeeze(1)
+
+
+def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, conditions: Tensor, *,
+                     alpha: Tensor | None = None) -> Tensor:
+    """E[(|grad_x D(x_hat, c)|_2 - 1)^2] at x_hat = alpha real + (1 - alpha) fake, alpha ~ U(0, 1) per row."""
+    if alpha is None:
+        alpha = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (gradient,) = torch.autograd.grad(critic(mixed, conditions).sum(), mixed, create_graph=True)
+    return ((gradient.norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+class RegressorNet(nn.Module):
+    """Image (flattened, model space) -> predicted encoded conditions: Conv2D channels -> Dense hidden -> outputs."""
+
+    def __init__(self, *, image_shape: list[int], n_outputs: int, config: Any):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        layers: list[nn.Module] = []
+        previous = 1
+        for i, out in enumerate(config.conv_channels):
+            layers += [nn.Conv2d(previous, out, 3, stride=1 if i == 0 else 2, padding=0 if i else 1),
+                       nn.LeakyReLU(0.2)]
+            previous = out
+        self.convolutions = nn.Sequential(*layers)
+        with torch.no_grad():
+            n_flat = self.convolutions(torch.zeros(1, 1, *self.image_shape)).numel()
+        dense: list[nn.Module] = []
+        previous = n_flat
+        for width in config.hidden:
+            dense += [nn.Linear(previous, width), nn.LeakyReLU(0.2)]
+            previous = width
+        dense.append(nn.Linear(previous, n_outputs))
+        self.dense = nn.Sequential(*dense)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.dense(self.convolutions(images.view(-1, 1, *self.image_shape)).flatten(1))
+
+
+class _NoSamples(nn.Module):
+    """The 'generator' of a regressor run: a regressor draws no images, so its samples are NaN."""
+
+    def __init__(self, n_targets: int):
+        super().__init__()
+        self.n_targets = n_targets
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        return torch.full((noise.shape[0], self.n_targets), float("nan"), dtype=noise.dtype, device=noise.device)
+
+
+# ------------------------------------------------------------------------------------------ families
+class ImageRegressor(ModelFamily):
+    """Reads conditions (``model.predict``, encoded units) back from an image; trained alone, then frozen in a GAN.
+
+    Example:
+        >>> from detgen.config import RegressorConfig
+        >>> regressor = ImageRegressor(n_targets=121, n_conditions=6, config=RegressorConfig())
+        >>> regressor.net(torch.zeros(4, 121)).shape
+        torch.Size([4, 3])
+    """
+
+    def __init__(self, *, n_targets: int, n_conditions: int, config: Any):
+        super().__init__()
+        _check_pixels(n_targets, config.image_shape, "regressor")
+        self.config = config
+        self.n_targets = n_targets
+        self.net = RegressorNet(image_shape=config.image_shape, n_outputs=len(config.predict), config=config)
+        # positions of the predicted columns in the encoded conditions (set from the preprocessing)
+        self.predict_index: list[int] = list(range(len(config.predict)))
+
+    def bind_preprocessor(self, preprocessor: Any) -> None:
+        self.predict_index = condition_positions(preprocessor, list(self.config.predict))
+
+    def residuals(self, targets: Tensor, conditions: Tensor) -> Tensor:
+        """Prediction minus truth, (N, len(predict)), encoded (standardised) units."""
+        return self.net(targets) - conditions[:, self.predict_index]
+
+    def loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
+        r = self.residuals(targets, conditions)
+        per_row = r.abs().sum(1) if self.config.loss == "l1" else (r**2).sum(1)
+        return per_row.mean()
+
+    def make_optimizers(self, training: Any) -> dict[str, torch.optim.Optimizer]:
+        if training.best_metric != "val_loss":
+            raise ConfigError("model.family regressor draws no samples: set training.best_metric: val_loss")
+        return super().make_optimizers(training)
+
+    def generator(self) -> nn.Module:
+        return _NoSamples(self.n_targets)
+
+
+class ConditionalGAN(ModelFamily):
+    """Conditional WGAN-GP with minibatch discrimination and an optional frozen regressor (see module doc).
+
+    Example:
+        >>> from detgen.config import GANConfig
+        >>> gan = ConditionalGAN(n_targets=121, n_conditions=6, config=GANConfig())
+        >>> gan.generator()(torch.randn(2, gan.noise_dim), torch.zeros(2, 6)).shape
+        torch.Size([2, 121])
+    """
+
+    def __init__(self, *, n_targets: int, n_conditions: int, config: Any):
+        super().__init__()
+        _check_pixels(n_targets, config.image_shape, "gan")
+        self.config = config
+        self.n_targets = n_targets
+        self.noise_dim = int(config.noise_dim)
+        self.generator_net = ShowerGenerator(noise_dim=self.noise_dim, n_conditions=n_conditions, config=config)
+        self.critic = ShowerCritic(n_conditions=n_conditions, config=config)
+        self.critic_rows = 128  # rows per critic step in validation (set from the training batch size)
+        self._preprocessor: Any = None
+        # the frozen regressor: deliberately not a registered submodule, so it is neither trained nor saved
+        self._regressor: list[ImageRegressor] = []
+        self._regressor_preprocessor: list[Any] = []
+
+    def bind_preprocessor(self, preprocessor: Any) -> None:
+        self._preprocessor = preprocessor
+
+    def generator(self) -> nn.Module:
+        return self.generator_net
+
+    # ---- the frozen regressor
+    def prepare_training(self, preprocessor: Any, train_set: tuple[Tensor, ...], val_set: tuple[Tensor, ...],
+                         log: Any) -> dict[str, Any]:
+        """Load the regressor run (``model.regressor_run``), check its columns, freeze it.
+
+        The regressor may have its own preprocessing (e.g. the map in GeV rather than as a fraction of the
+        momentum): generated images and conditions pass through physical units into the regressor's space.
+        """
+        self._check_negative_pixels(preprocessor, *train_set)
+        if self.config.regressor_run is None:
+            return {}
+        from detgen.runs import load_run
+
+        run = load_run(self.config.regressor_run, device=str(train_set[0].device))
+        where = f"model.regressor_run {self.config.regressor_run}"
+        if run.config.model.family != "regressor":
+            raise ConfigError(f"{where}: a {run.config.model.family!r} run, expected family regressor")
+        if (run.preprocessor.input_columns, run.preprocessor.target_columns) != (
+            preprocessor.input_columns, preprocessor.target_columns
+        ):
+            raise ConfigError(
+                f"{where}: its columns {run.preprocessor.input_columns} -> {run.preprocessor.target_columns} differ "
+                f"from this run's {preprocessor.input_columns} -> {preprocessor.target_columns}"
+            )
+        regressor: ImageRegressor = run.model  # type: ignore[assignment]
+        for parameter in regressor.parameters():
+            parameter.requires_grad_(False)
+        self._preprocessor = preprocessor
+        self._regressor = [regressor.eval()]
+        self._regressor_preprocessor = [run.preprocessor]
+        with torch.no_grad():
+            rows = min(len(val_set[0]), 20_000)
+            l1 = float(self.regression_l1(val_set[0][:rows], val_set[1][:rows]))
+        log(f"regressor {self.config.regressor_run}: L1 {l1:.4f} on {rows} validation images (its encoded units)")
+        return {"regressor": {"run": str(Path(self.config.regressor_run).resolve()),
+                              "predict": list(regressor.config.predict), "validation_l1": l1}}
+
+    def _check_negative_pixels(self, preprocessor: Any, targets: Tensor, conditions: Tensor) -> None:
+        """DataError if a training image has a pixel below ``model.min_pixel`` (physical units)."""
+        with torch.no_grad():
+            lowest = torch.cat([
+                preprocessor.decode_targets(targets[s : s + 8192], decode_conditions(preprocessor, conditions[s : s + 8192]))
+                .min(1).values for s in range(0, len(targets), 8192)])
+        bad = torch.nonzero(lowest < self.config.min_pixel).squeeze(1)
+        if bad.numel():
+            raise DataError(
+                f"{bad.numel()} training image(s) have a pixel below model.min_pixel = {self.config.min_pixel} "
+                f"(first: training row {int(bad[0])}, {float(lowest[bad[0]]):.4g}); the GAN's ReLU output makes no "
+                "negative energies: zero-suppress the noise (or lower model.min_pixel knowingly)"
+            )
+
+    def regression_l1(self, images: Tensor, conditions: Tensor) -> Tensor:
+        """E_rows sum_k |y_k - R(images)_k| in the regressor's encoded units (0 without a regressor).
+
+        ``images`` and ``conditions`` are in this model's space; both go through physical units into the
+        regressor's preprocessing, so the gradient reaches the generator through plain tensor ops.
+        """
+        if not self._regressor:
+            return images.new_zeros(())
+        regressor, theirs = self._regressor[0], self._regressor_preprocessor[0]
+        raw = decode_conditions(self._preprocessor, conditions)
+        physical = self._preprocessor.decode_targets(images, raw)
+        predicted = regressor.net(theirs.encode_targets(physical, raw))
+        truth = theirs.encode_conditions(raw)[:, regressor.predict_index]
+        return (predicted - truth).abs().sum(1).mean()
+
+    # ---- training
+    def make_optimizers(self, training: Any) -> dict[str, torch.optim.Optimizer]:
+        betas = (float(self.config.betas[0]), float(self.config.betas[1]))
+        self.critic_rows = max(training.batch_size // self.config.n_critic, 2)
+        return {
+            "generator": torch.optim.Adam(self.generator_net.parameters(), lr=training.lr, betas=betas),
+            "critic": torch.optim.Adam(
+                [{"params": list(self.critic.parameters()), "lr_scale": self.config.critic_lr_scale}],
+                lr=training.lr * self.config.critic_lr_scale, betas=betas,
+            ),
+        }
+
+    def train_step(self, targets: Tensor, conditions: Tensor, optimizers: dict[str, torch.optim.Optimizer],
+                   training: Any) -> dict[str, float]:
+        """n_critic critic updates on slices of the batch, then one generator update on the whole batch."""
+        critic_opt, generator_opt = optimizers["critic"], optimizers["generator"]
+        self.generator_net.requires_grad_(False)
+        wasserstein, penalties, n_slices = 0.0, 0.0, 0
+        for real, cond in zip(targets.chunk(self.config.n_critic), conditions.chunk(self.config.n_critic)):
+            with torch.no_grad():
+                fake = self.generator_net(torch.randn(real.shape[0], self.noise_dim, device=real.device), cond)
+            distance = self.critic(real, cond).mean() - self.critic(fake, cond).mean()
+            penalty = gradient_penalty(self.critic, real, fake, cond)
+            critic_loss = -distance + self.config.gp_weight * penalty
+            if not torch.isfinite(critic_loss):
+                raise FloatingPointError(f"critic loss is {critic_loss.item()}; lower training.lr?")
+            critic_opt.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            if training.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), training.grad_clip)
+            critic_opt.step()
+            wasserstein, penalties, n_slices = wasserstein + distance.item(), penalties + penalty.item(), n_slices + 1
+        self.generator_net.requires_grad_(True)
+        self.critic.requires_grad_(False)
+        fake = self.generator_net(torch.randn(targets.shape[0], self.noise_dim, device=targets.device), conditions)
+        adversarial = -self.critic(fake, conditions).mean()
+        regression = self.regression_l1(fake, conditions)
+        generator_loss = adversarial + self.config.regressor_weight * regression
+        if not torch.isfinite(generator_loss):
+            raise FloatingPointError(f"generator loss is {generator_loss.item()}; lower training.lr?")
+        generator_opt.zero_grad(set_to_none=True)
+        generator_loss.backward()
+        if training.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.generator_net.parameters(), training.grad_clip)
+        generator_opt.step()
+        self.critic.requires_grad_(True)
+        return {"loss": wasserstein / n_slices, "gradient_penalty": penalties / n_slices,
+                "generator": adversarial.item(), "regression_l1": regression.item()}
+
+    def loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
+        """The critic's Wasserstein estimate E[D(real)] - E[D(fake)] (fixed noise; rows in critic-sized slices)."""
+        noise = torch.randn(targets.shape[0], self.noise_dim, generator=torch.Generator().manual_seed(0))
+        noise = noise.to(targets.device)
+        total = targets.new_zeros(())
+        for start in range(0, targets.shape[0], self.critic_rows):
+            real, cond = targets[start : start + self.critic_rows], conditions[start : start + self.critic_rows]
+            fake = self.generator_net(noise[start : start + self.critic_rows], cond)
+            total = total + (self.critic(real, cond).sum() - self.critic(fake, cond).sum())
+        return total / targets.shape[0]
+
+
+def decode_conditions(preprocessor: Any, encoded: Tensor) -> Tensor:
+    """Encoded conditions (no group code) -> the raw sampler condition input (physical units, label codes)."""
+    numeric_positions, parts, offset = [], [], 0
+    for spec in preprocessor.condition_specs:
+        width = len(spec["categories"]) if spec["kind"] == "onehot" else 1
+        if spec["kind"] != "onehot":
+            numeric_positions.append(offset)
+        offset += width
+    numeric = (preprocessor.numeric_conditions.inverse(encoded[:, numeric_positions])
+               if numeric_positions else None)
+    offset, j = 0, 0
+    for spec in preprocessor.condition_specs:
+        if spec["kind"] == "onehot":
+            width = len(spec["categories"])
+            parts.append(encoded[:, offset : offset + width].argmax(1, keepdim=True).to(encoded.dtype))
+        else:
+            width = 1
+            assert numeric is not None
+            parts.append(numeric[:, j : j + 1])
+            j += 1
+        offset += width
+    return torch.cat(parts, dim=1)

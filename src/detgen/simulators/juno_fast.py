@@ -1,0 +1,519 @@
+"""JUNO fast muon simulation: per-PMT photo-electrons and first-hit times from the trained NN_npe and NN_time.
+
+The seed's idea (spherical symmetry + voxels): a deposit at radius R gives a PMT at angle theta (between the
+deposit direction and the PMT direction) a photo-electron count drawn from NN_npe(R, theta, noise) and each
+photo-electron a hit time drawn from NN_time(R, theta, noise); a muon is the sum of its track deposits.
+
+Evaluating the networks per (deposit, PMT) pair is ~350 deposits x 17,612 PMTs x a 4 x 249 MLP per muon
+(~1.5 TFLOP), far too slow. Both networks depend only on (R, theta) and the noise, so their output
+distributions are **tabulated once** on an (R, theta) grid (``tabulate_response``) and sampled from the
+tables. What is approximated, exactly:
+
+1. **The tables.** Per grid node, the networks are evaluated on a grid of ``noise_draws`` noise values
+   z_k (uniform in [-5.5, 5.5], each weighted by its standard-normal probability mass; for a network with more
+   than one noise input, random draws with equal weights). NN_npe's table keeps the mean count per MeV of
+   deposit; NN_time's table keeps the quantile function at ``quantile_nodes`` probabilities Phi(z_j),
+   z_j uniform in [-4.5, 4.5] (dense in both tails: the first hit of many p.e. lives in the early tail).
+   Between nodes, values are interpolated (bilinear in (s(R), theta), linear in z), where
+   s(R) = (x + x^2) / 2, x = R / R_LS, spaces the R nodes 3x more finely at the LS edge than at the centre.
+   Outside [Phi(-4.5), Phi(4.5)] the time quantile is clamped (a truncation of 3.4e-6 per tail).
+2. **Counts are Poisson.** Photons are emitted and detected independently, so the reference's count of a
+   PMT from one deposit is Poisson with a mean proportional to the deposit energy, and counts of several
+   deposits add as Poisson with the summed mean. The fast simulation uses only NN_npe's mean (the
+   network's full distribution would add its own mis-modelling of the Poisson shape); ``benchmarks/juno.py``
+   reports NN_npe's dispersion index (variance / mean, 1 for Poisson) on the grid.
+3. **Hit times are independent draws.** The p.e. of a (deposit, PMT) pair arrive as a Poisson process with
+   the pair's mean count and NN_time(R, theta)'s time density, shifted by the deposit's time (the muon moves
+   at the speed of light from its LS entry; time 0 of a point event is the deposit). The pair's first p.e.
+   sits at the quantile E / mean with E ~ Exp(1) (no p.e. when E >= mean) and its further p.e. number
+   Poisson(mean - E): one exponential per pair and one Poisson per PMT give the exact joint law of the
+   PMT's count and first-hit time.
+4. **Voxels.** A muon deposits dE/dx x ``step_m`` at the centre of each step of ``step_m`` along its chord
+   (the reference emits uniformly along each step): the voxel step is the one free approximation.
+5. **Pruning (exact).** Per PMT the ``first_candidates`` pairs with the earliest possible hit time (deposit
+   time + the table's earliest quantile) are sampled first; then every other pair whose earliest possible
+   time is before the earliest sampled hit is sampled too; the rest cannot change the first hit and join
+   the PMT's Poisson count. The result has exactly the law of sampling every pair (a test checks it).
+
+The ``juno_muon`` model family wraps this so that ``detgen train`` builds the tables from two trained runs
+(and checks them against held-out point data) and ``detgen generate`` simulates a file of muon tracks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from detgen.config import DataConfig, JunoMuonConfig
+from detgen.errors import ConfigError, DataError
+from detgen.models.base import ModelFamily
+from detgen.simulators.juno import (
+    DEFAULT_DETECTOR,
+    NO_HIT_TIME_NS,
+    JunoDetector,
+    deposit_times_ns,
+    muon_deposits,
+    pmt_positions,
+    pmt_theta,
+    track_chord,
+)
+
+Log = Callable[[str], None]
+
+#: Noise range of the network draws that build the tables, and of the tabulated time quantiles.
+DRAW_Z_MAX = 5.5
+QUANTILE_Z_MAX = 4.5
+#: Columns of a conditions file of muon tracks (LS entry point in m, unit direction).
+TRACK_COLUMNS = ("x0", "y0", "z0", "dx", "dy", "dz")
+
+
+# ------------------------------------------------------------------------------------------------- grids
+def r_to_s(r_m: Tensor | np.ndarray, r_max_m: float) -> Any:
+    """The grid coordinate s in [0, 1] of a radius: s = (x + x^2) / 2, x = R / R_LS."""
+    x = r_m / r_max_m
+    return 0.5 * (x + x * x)
+
+
+def s_to_r(s: np.ndarray, r_max_m: float) -> np.ndarray:
+    return r_max_m * 0.5 * (np.sqrt(1.0 + 8.0 * s) - 1.0)
+
+
+def grid_nodes(r_nodes: int, theta_nodes: int, r_max_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Radius nodes (m; uniform in s(R)) and theta nodes (rad; uniform on [0, pi])."""
+    return s_to_r(np.linspace(0.0, 1.0, r_nodes), r_max_m), np.linspace(0.0, math.pi, theta_nodes)
+
+
+def _noise_grid(draws: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise values z_k uniform on [-DRAW_Z_MAX, DRAW_Z_MAX] and their standard-normal probability masses."""
+    from scipy.special import ndtr
+
+    z = np.linspace(-DRAW_Z_MAX, DRAW_Z_MAX, draws)
+    edges = np.concatenate([[-np.inf], 0.5 * (z[1:] + z[:-1]), [np.inf]])
+    return z, np.diff(ndtr(edges))
+
+
+# ------------------------------------------------------------------------------------------------- tabulation
+def _condition_matrix(run: Any, r_m: np.ndarray, theta: np.ndarray, what: str) -> np.ndarray:
+    columns = run.preprocessor.input_columns
+    if sorted(columns) != ["r_m", "theta"]:
+        raise ConfigError(f"{run.path}: the {what} run has conditions {columns}; expected exactly r_m and theta")
+    return np.stack([r_m if c == "r_m" else theta for c in columns], axis=1)
+
+
+@torch.no_grad()
+def _draw_outputs(run: Any, r_m: np.ndarray, theta: np.ndarray, draws: int, what: str, chunk: int = 65536,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Network outputs (cells, draws) at every (r_m, theta) cell and the weight of each draw."""
+    sampler = run.sampler()
+    if len(run.preprocessor.target_columns) != 1:
+        raise ConfigError(f"{run.path}: the {what} run has targets {run.preprocessor.target_columns}; expected one")
+    if sampler.noise_dim == 1:
+        z, weights = _noise_grid(draws)
+        noise = torch.from_numpy(np.tile(z, len(r_m))).float().unsqueeze(1)
+    else:
+        weights = np.full(draws, 1.0 / draws)
+        noise = torch.randn(len(r_m) * draws, sampler.noise_dim, generator=torch.Generator().manual_seed(seed))
+    conditions = torch.from_numpy(np.repeat(_condition_matrix(run, r_m, theta, what), draws, axis=0)).float()
+    device = next(iter(sampler.buffers()), torch.zeros(0)).device
+    out = torch.cat([sampler(noise[i : i + chunk].to(device), conditions[i : i + chunk].to(device)).cpu()
+                     for i in range(0, len(noise), chunk)])
+    return out.numpy().astype(np.float64).reshape(len(r_m), draws), weights
+
+
+def tabulate_response(npe_run: Any, time_run: Any, *, r_nodes: int, theta_nodes: int, noise_draws: int,
+                      quantile_nodes: int, point_energy_mev: float, r_max_m: float) -> dict[str, Tensor]:
+    """The (R, theta) tables of NN_npe's mean (and variance) per MeV and NN_time's quantile function."""
+    r_grid, theta_grid = grid_nodes(r_nodes, theta_nodes, r_max_m)
+    rr, tt = (a.ravel() for a in np.meshgrid(r_grid, theta_grid, indexing="ij"))
+    npe, w = _draw_outputs(npe_run, rr, tt, noise_draws, "npe")
+    mean = npe @ w
+    var = (npe - mean[:, None]) ** 2 @ w
+    times, w = _draw_outputs(time_run, rr, tt, noise_draws, "time")
+    order = np.argsort(times, axis=1)
+    sorted_times = np.take_along_axis(times, order, axis=1)
+    cumulative = np.cumsum(w[order], axis=1) - 0.5 * w[order]  # mid-point plotting positions
+    from scipy.special import ndtr
+
+    u_nodes = ndtr(np.linspace(-QUANTILE_Z_MAX, QUANTILE_Z_MAX, quantile_nodes))
+    quantiles = np.stack([np.interp(u_nodes, cumulative[i], sorted_times[i]) for i in range(len(rr))])
+    shape = (r_nodes, theta_nodes)
+    return {
+        "npe_per_mev": torch.from_numpy(mean.reshape(shape) / point_energy_mev).float(),
+        "npe_variance": torch.from_numpy(var.reshape(shape)).float(),
+        "time_quantiles": torch.from_numpy(quantiles.reshape(*shape, quantile_nodes)).float(),
+    }
+
+
+class ResponseTables(nn.Module):
+    """Tabulated NN_npe mean per MeV and NN_time quantile function on the (s(R), theta) grid; torch lookups."""
+
+    npe_per_mev: Tensor
+    npe_variance: Tensor
+    time_quantiles: Tensor
+
+    def __init__(self, *, r_nodes: int, theta_nodes: int, quantile_nodes: int, r_max_m: float):
+        super().__init__()
+        self.r_max_m = r_max_m
+        self.register_buffer("npe_per_mev", torch.zeros(r_nodes, theta_nodes))
+        self.register_buffer("npe_variance", torch.zeros(r_nodes, theta_nodes))
+        self.register_buffer("time_quantiles", torch.zeros(r_nodes, theta_nodes, quantile_nodes))
+
+    def _rt_grid(self, r_m: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        return 2.0 * r_to_s(r_m, self.r_max_m) - 1.0, theta * (2.0 / math.pi) - 1.0
+
+    def lookup(self, r_m: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean npe per MeV and the earliest tabulated hit time (ns) at (r_m, theta) of any shape."""
+        y, x = self._rt_grid(r_m, theta)
+        grid = torch.stack([x, y], dim=-1).reshape(1, -1, 1, 2)
+        table = torch.stack([self.npe_per_mev, self.time_quantiles[..., 0]]).unsqueeze(0)
+        out = F.grid_sample(table, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return out[0, 0, :, 0].reshape(r_m.shape), out[0, 1, :, 0].reshape(r_m.shape)
+
+    def time_quantile(self, r_m: Tensor, theta: Tensor, z: Tensor) -> Tensor:
+        """NN_time's hit time (ns) at standard-normal quantile z, at (r_m, theta) (same shapes)."""
+        y, x = self._rt_grid(r_m, theta)
+        zq = z / QUANTILE_Z_MAX
+        grid = torch.stack([zq, x, y], dim=-1).reshape(1, -1, 1, 1, 3)
+        out = F.grid_sample(self.time_quantiles[None, None], grid, mode="bilinear", padding_mode="border",
+                            align_corners=True)
+        return out.reshape(r_m.shape)
+
+
+# ------------------------------------------------------------------------------------------------- sampling
+def check_point_inputs(r_m: Tensor, theta: Tensor, r_max_m: float, source: str) -> None:
+    """DataError for radii outside [0, R_LS] or angles outside [0, pi]."""
+    bad_r = ~torch.isfinite(r_m) | (r_m < 0) | (r_m > r_max_m * (1 + 1e-6))
+    if bool(bad_r.any()):
+        raise DataError(f"{source}: {int(bad_r.sum())} value(s) of r_m outside [0, {r_max_m}] m "
+                        f"(first {float(r_m[bad_r][0])}); a deposit must lie inside the LS sphere")
+    bad_t = ~torch.isfinite(theta) | (theta < 0) | (theta > math.pi * (1 + 1e-6))
+    if bool(bad_t.any()):
+        raise DataError(f"{source}: {int(bad_t.sum())} value(s) of theta outside [0, pi] rad "
+                        f"(first {float(theta[bad_t][0])})")
+
+
+class FastMuonSimulator:
+    """Per-PMT npe and first-hit times of muons (and point deposits) from :class:`ResponseTables`.
+
+    Arguments:
+        tables: the tabulated networks.
+        detector: geometry (PMT positions, LS radius, muon dE/dx).
+        step_m: voxel step along a muon track (m).
+        first_candidates: pairs per PMT sampled individually before the exact pruning check.
+        device: torch device of the tables.
+    """
+
+    def __init__(self, tables: ResponseTables, *, detector: JunoDetector = DEFAULT_DETECTOR, step_m: float = 0.1,
+                 first_candidates: int = 12, device: torch.device | str = "cpu"):
+        if not step_m > 0:
+            raise DataError(f"step_m = {step_m}; expected a positive voxel step in m")
+        self.tables = tables
+        self.detector = detector
+        self.step_m = step_m
+        self.first_candidates = first_candidates
+        self.device = torch.device(device)
+        self.pmt_unit = torch.from_numpy(pmt_positions(detector) / detector.pmt_radius_m).float().to(self.device)
+
+    # ---- one muon
+    def deposits(self, entry_m: np.ndarray, direction: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+        """Voxel centres (M, 3) m, energies (M,) MeV and times (M,) ns of one track (DataError if it misses)."""
+        centres, energies = muon_deposits(entry_m, direction, detector=self.detector, step_m=self.step_m)
+        times = deposit_times_ns(entry_m, direction, centres, detector=self.detector)
+        as_tensor = lambda a: torch.from_numpy(np.asarray(a)).float().to(self.device)  # noqa: E731
+        return as_tensor(centres), as_tensor(energies), as_tensor(times)
+
+    def _pair_geometry(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Deposit radius (1, M) and PMT-deposit angle (P, M)."""
+        r = positions.norm(dim=1)
+        unit = torch.where(r[:, None] > 0, positions / r.clamp_min(1e-9)[:, None],
+                           torch.tensor([0.0, 0.0, 1.0], device=r.device))
+        theta = torch.acos((self.pmt_unit @ unit.t()).clamp(-1.0, 1.0))
+        return r.unsqueeze(0), theta
+
+    def response(self, positions: Tensor, energies: Tensor, times: Tensor, generator: torch.Generator
+                 ) -> tuple[Tensor, Tensor]:
+        """npe (P,) and first-hit time (P,) of deposits at ``positions`` with ``energies`` at ``times``.
+
+        Each (PMT, deposit) pair is a Poisson process of p.e. with mean ``lam`` and time density from the
+        table. Its first p.e. comes at the quantile u = E / lam of its time distribution, E ~ Exp(1), when
+        E < lam (else the pair has no p.e.), and the pair's further p.e. are Poisson(lam - E): so one
+        exponential per sampled pair and one Poisson per PMT give the exact joint law of (npe, first hit).
+        Pairs that cannot beat the earliest sampled hit are not sampled (their p.e. join the Poisson).
+        """
+        if bool((energies < 0).any()) or not bool(torch.isfinite(energies).all()):
+            raise DataError(f"deposit energies must be finite and >= 0 MeV (got min {float(energies.min())})")
+        r, theta = self._pair_geometry(positions)  # (1, M), (P, M)
+        check_point_inputs(r[0], theta[:, 0], self.tables.r_max_m, "deposits")
+        r_full = r.expand_as(theta)
+        per_mev, earliest = self.tables.lookup(r_full, theta)
+        lam = per_mev.clamp_min(0) * energies  # (P, M)
+        earliest = earliest + times
+        k = min(self.first_candidates, lam.shape[1])
+        _, index = torch.topk(earliest, k, dim=1, largest=False)  # the k pairs per PMT that can be earliest
+        t, rest = self._sample_pairs(lam.gather(1, index), r_full.gather(1, index), theta.gather(1, index),
+                                     times[index], generator)
+        first, counts = t.min(1).values, torch.isfinite(t).sum(1).to(lam.dtype)
+        poisson_mean = rest.sum(1) + lam.sum(1) - lam.gather(1, index).sum(1)
+        # every other pair that could still hold an earlier hit is sampled as well (exact pruning)
+        could_be_earlier = (earliest < first.unsqueeze(1)).scatter_(1, index, False)
+        pmt, deposit = torch.nonzero(could_be_earlier, as_tuple=True)
+        if pmt.numel():
+            pair_lam = lam[pmt, deposit]
+            t, rest = self._sample_pairs(pair_lam, r[0, deposit], theta[pmt, deposit], times[deposit], generator)
+            first = first.scatter_reduce(0, pmt, t, reduce="amin")
+            counts = counts.index_add(0, pmt, torch.isfinite(t).to(lam.dtype))
+            poisson_mean = poisson_mean.index_add(0, pmt, rest - pair_lam)
+        counts = counts + torch.poisson(poisson_mean.clamp_min(0), generator)
+        return counts, torch.where(counts > 0, first, torch.full_like(first, NO_HIT_TIME_NS))
+
+    def _sample_pairs(self, lam: Tensor, r: Tensor, theta: Tensor, times: Tensor, generator: torch.Generator
+                      ) -> tuple[Tensor, Tensor]:
+        """Per pair: the first p.e. time (inf without p.e.) and the mean of its further p.e. (lam - E, or 0)."""
+        gap = torch.empty_like(lam).exponential_(generator=generator)
+        hit = gap < lam
+        u = (gap / lam.clamp_min(1e-30)).clamp(1e-12, 1.0 - 1e-7)
+        t = self.tables.time_quantile(r, theta, torch.special.ndtri(u)) + times
+        return torch.where(hit, t, torch.full_like(t, math.inf)), torch.where(hit, lam - gap, torch.zeros_like(lam))
+
+    def muon(self, entry_m: np.ndarray, direction: np.ndarray, generator: torch.Generator
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """npe (P,) int32 and first-hit times (P,) float32 (ns from the LS entry; -1 without p.e.) of one muon."""
+        positions, energies, times = self.deposits(entry_m, direction)
+        npe, first = self.response(positions, energies, times, generator)
+        return npe.cpu().numpy().astype(np.int32), first.cpu().numpy().astype(np.float32)
+
+    # ---- point deposits (1 MeV gammas on the z axis)
+    def points(self, r_m: np.ndarray, *, energy_mev: float, generator: torch.Generator
+               ) -> dict[str, dict[str, np.ndarray]]:
+        """Point deposits at (0, 0, r_m): tables ``pmt`` and ``hits`` in the layout of ``simulate_points``."""
+        if not energy_mev >= 0:
+            raise DataError(f"energy_mev = {energy_mev}; expected a deposit energy >= 0 MeV")
+        n_pmt = self.detector.n_pmt
+        theta_pmt = torch.from_numpy(pmt_theta(self.detector)).float().to(self.device)
+        r = torch.from_numpy(np.asarray(r_m, dtype=np.float64)).float().to(self.device)
+        check_point_inputs(r, theta_pmt, self.tables.r_max_m, "point deposits")
+        rr, tt = r[:, None].expand(-1, n_pmt), theta_pmt[None, :].expand(len(r), -1)
+        per_mev, _ = self.tables.lookup(rr, tt)
+        npe = torch.poisson((per_mev.clamp_min(0) * energy_mev).contiguous(), generator)
+        # every p.e. gets its own hit time; the PMT's first hit is the earliest of them
+        counts = npe.reshape(-1).long()
+        owner = torch.repeat_interleave(torch.arange(counts.numel(), device=self.device), counts)
+        z = torch.randn(owner.shape, generator=generator, device=self.device)
+        hit_time = self.tables.time_quantile(rr.reshape(-1)[owner], tt.reshape(-1)[owner], z)
+        first = torch.full((counts.numel(),), math.inf, device=self.device)
+        first = first.scatter_reduce(0, owner, hit_time, reduce="amin")
+        first = torch.where(counts > 0, first, torch.full_like(first, NO_HIT_TIME_NS))
+        event, pmt = owner // n_pmt, owner % n_pmt  # ordered by (event, PMT) as repeat_interleave makes them
+        event_np = np.repeat(np.arange(len(r), dtype=np.int32), n_pmt)
+        return {
+            "pmt": {"event": event_np, "pmt": np.tile(np.arange(n_pmt, dtype=np.int32), len(r)),
+                    "r_m": rr.reshape(-1).cpu().numpy().astype(np.float32),
+                    "theta": tt.reshape(-1).cpu().numpy().astype(np.float32),
+                    "npe": counts.cpu().numpy().astype(np.int32),
+                    "first_hit_ns": first.cpu().numpy().astype(np.float32)},
+            "hits": {"event": event.cpu().numpy().astype(np.int32),
+                     "pmt": pmt.cpu().numpy().astype(np.int32),
+                     "r_m": r[event].cpu().numpy().astype(np.float32),
+                     "theta": theta_pmt[pmt].cpu().numpy().astype(np.float32),
+                     "time_ns": hit_time.cpu().numpy().astype(np.float32)},
+        }
+
+
+# ------------------------------------------------------------------------------------------------- the family
+class PointNpeSampler(nn.Module):
+    """``(noise, encoded r_m/theta) -> npe`` of one 1-MeV-like point deposit from the tables (Poisson inverse CDF).
+
+    Deterministic given the noise (npe = the Poisson quantile at Phi(noise)); the trainer compares it with
+    held-out point data, which checks the tabulation end to end. The count range is data-dependent, so this
+    graph is for generation and validation, not for ONNX export.
+    """
+
+    def __init__(self, family: JunoMuonFastSim):
+        super().__init__()
+        self.family = family
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        family = self.family
+        physical = conditions[:, family.condition_index] * family.condition_scale + family.condition_shift
+        per_mev, _ = family.tables.lookup(physical[:, 0], physical[:, 1])
+        mean = (per_mev.clamp_min(0) * family.config.point_energy_mev).unsqueeze(1)
+        k_max = int(float(mean.max()) + 10.0 * math.sqrt(float(mean.max())) + 10.0) if mean.numel() else 1
+        k = torch.arange(k_max + 1, device=mean.device, dtype=mean.dtype)
+        pmf = torch.exp(torch.special.xlogy(k, mean) - mean - torch.lgamma(k + 1))
+        u = torch.special.ndtr(noise[:, :1])
+        return (torch.cumsum(pmf, dim=1) < u).sum(1, keepdim=True).to(noise.dtype)
+
+
+class JunoMuonFastSim(ModelFamily):
+    """The ``juno_muon`` family: tables of two trained runs (fitted in closed form) and a muon-file generator.
+
+    ``detgen train`` on point data (conditions r_m, theta; target npe) builds the tables from
+    ``model.npe_run`` and ``model.time_run`` and records how the table's npe sampler compares with the
+    held-out point data; ``detgen generate`` with a file of muon tracks (columns x0, y0, z0, dx, dy, dz)
+    writes per-muon ``npe`` and ``first_hit_ns`` arrays (see :meth:`generate_file`).
+    """
+
+    trainable = False
+    noise_dim = 1
+    condition_index: Tensor
+    condition_shift: Tensor
+    condition_scale: Tensor
+
+    def __init__(self, *, n_targets: int, n_conditions: int, config: JunoMuonConfig,
+                 detector: JunoDetector = DEFAULT_DETECTOR):
+        super().__init__()
+        self.config = config
+        self.detector = detector
+        self.tables = ResponseTables(r_nodes=config.r_nodes, theta_nodes=config.theta_nodes,
+                                     quantile_nodes=config.quantile_nodes, r_max_m=detector.ls_radius_m)
+        self.register_buffer("condition_index", torch.tensor([0, 1]))
+        self.register_buffer("condition_shift", torch.zeros(2))
+        self.register_buffer("condition_scale", torch.ones(2))
+
+    def bind_preprocessor(self, preprocessor: Any) -> None:
+        specs = {s["column"]: (i, s) for i, s in enumerate(preprocessor.condition_specs)}
+        for j, column in enumerate(("r_m", "theta")):
+            index, spec = specs[column]
+            self.condition_index[j] = index
+            self.condition_shift[j] = spec["shift"]
+            self.condition_scale[j] = spec["scale"]
+
+    def fit(self, targets: Tensor, conditions: Tensor) -> dict[str, Any]:
+        from detgen.runs import load_run
+
+        started = time.perf_counter()
+        npe_run, time_run = load_run(self.config.npe_run), load_run(self.config.time_run)
+        tables = tabulate_response(npe_run, time_run, r_nodes=self.config.r_nodes,
+                                   theta_nodes=self.config.theta_nodes, noise_draws=self.config.noise_draws,
+                                   quantile_nodes=self.config.quantile_nodes,
+                                   point_energy_mev=self.config.point_energy_mev, r_max_m=self.detector.ls_radius_m)
+        for name, value in tables.items():
+            getattr(self.tables, name).copy_(value)
+        mean = tables["npe_per_mev"] * self.config.point_energy_mev
+        dispersion = (tables["npe_variance"] / mean)[mean > 0.05]
+        return {"npe_run": str(Path(self.config.npe_run).resolve()),
+                "time_run": str(Path(self.config.time_run).resolve()),
+                "npe_dispersion_median": round(float(dispersion.median()), 4) if dispersion.numel() else None,
+                "tabulation_seconds": round(time.perf_counter() - started, 2)}
+
+    def generator(self) -> nn.Module:
+        return PointNpeSampler(self)
+
+    def simulator(self, device: torch.device | str = "cpu") -> FastMuonSimulator:
+        return FastMuonSimulator(self.tables, detector=self.detector, step_m=self.config.step_m,
+                                 first_candidates=self.config.first_candidates, device=device)
+
+    def generate_file(self, run: Any, conditions: str | Path, out: str | Path, *, seed: int, batch_size: int,
+                      device: torch.device, split: str | None, progress: bool, log: Log) -> dict[str, Any]:
+        """Simulate every muon track of ``conditions``; write the track columns plus per-muon arrays to ``out``."""
+        return generate_muons(self.simulator(device), conditions, out, seed=seed, batch_size=batch_size,
+                              split=split, progress=progress, log=log)
+
+
+def tracks_inside(entry_m: np.ndarray, direction: np.ndarray, radius_m: float) -> np.ndarray:
+    """Whether each line (entry point, unit direction) crosses the sphere of ``radius_m`` ahead of its start."""
+    b = np.einsum("ij,ij->i", entry_m, direction)
+    disc = b * b - (np.einsum("ij,ij->i", entry_m, entry_m) - radius_m**2)
+    return (disc > 0) & (-b + np.sqrt(np.clip(disc, 0, None)) > 0)
+
+
+def generate_muons(sim: FastMuonSimulator, conditions: str | Path, out: str | Path, *, seed: int = 0,
+                   batch_size: int = 64, split: str | None = None, progress: bool = True, log: Log = print
+                   ) -> dict[str, Any]:
+    """Fast-simulate the muon tracks of a file; tracks that miss the LS sphere are counted and left out."""
+    from detgen.io import TableWriter, read_table, require_columns, require_finite, table_length
+
+    source = str(conditions)
+    if split is not None:
+        raise DataError(f"--split {split}: a juno_muon run simulates a file of muon tracks; give the file itself")
+    table = read_table(conditions)
+    require_columns(table, list(TRACK_COLUMNS), source=source)
+    require_finite(table, list(TRACK_COLUMNS), source=source)
+    n = table_length(table)
+    if n == 0:
+        raise DataError(f"{source}: no muon tracks")
+    entry = np.stack([table[c] for c in TRACK_COLUMNS[:3]], axis=1).astype(np.float64)
+    direction = np.stack([table[c] for c in TRACK_COLUMNS[3:]], axis=1).astype(np.float64)
+    norm = np.linalg.norm(direction, axis=1)
+    if (norm == 0).any():
+        raise DataError(f"{source}: {int((norm == 0).sum())} track(s) with direction (0, 0, 0) "
+                        f"(first at row {int(np.flatnonzero(norm == 0)[0])}); expected a non-zero (dx, dy, dz)")
+    direction = direction / norm[:, None]
+    inside = tracks_inside(entry, direction, sim.detector.ls_radius_m)
+    excluded = int(n - inside.sum())
+    if excluded:
+        log(f"note: {excluded} of {n} track(s) in {source} miss the LS sphere (radius {sim.detector.ls_radius_m} m); "
+            "left out of the output (column muon_index gives each output row's input row)")
+    if not inside.any():
+        raise DataError(f"{source}: all {n} tracks miss the LS sphere; nothing to simulate")
+    produced = {"npe", "first_hit_ns", "total_pe", "wall_time_s", "track_length_m", "edep_mev", "muon_index"}
+    passthrough = [c for c in table if c not in produced and np.asarray(table[c]).ndim == 1]
+    rows = np.flatnonzero(inside)
+    generator = torch.Generator(device=sim.device).manual_seed(seed)
+    started = time.perf_counter()
+    bar = tqdm(total=len(rows), desc="JUNO fast muons", unit="muon", disable=None if progress else True)
+    chunk = max(1, min(batch_size, 64))
+    with TableWriter(out) as writer, torch.inference_mode():
+        for begin in range(0, len(rows), chunk):
+            part = rows[begin : begin + chunk]
+            npe = np.zeros((len(part), sim.detector.n_pmt), np.int32)
+            first = np.zeros((len(part), sim.detector.n_pmt), np.float32)
+            wall = np.zeros(len(part))
+            length = np.zeros(len(part))
+            for j, i in enumerate(part):
+                tic = time.perf_counter()
+                npe[j], first[j] = sim.muon(entry[i], direction[i], generator)
+                wall[j] = time.perf_counter() - tic
+                length[j] = track_chord(entry[i], direction[i], detector=sim.detector)[1]
+                bar.update()
+            batch = {c: np.asarray(table[c])[part] for c in passthrough}
+            batch.update({"muon_index": part.astype(np.int64), "track_length_m": length,
+                          "edep_mev": length * 1e3 * sim.detector.muon_dedx_mev_per_mm,
+                          "total_pe": npe.sum(axis=1, dtype=np.int64), "wall_time_s": wall,
+                          "npe": npe, "first_hit_ns": first})
+            writer.append(batch)
+    bar.close()
+    seconds = time.perf_counter() - started
+    log(f"simulated {len(rows)} muons in {seconds:.2f}s ({seconds / len(rows) * 1e3:.1f} ms/muon) -> {out}")
+    return {"rows": len(rows), "excluded_missing_ls": excluded, "seconds": seconds,
+            "seconds_per_muon": seconds / len(rows), "rows_per_second": len(rows) / seconds}
+
+
+def check_juno_muon_config(config: JunoMuonConfig, data: DataConfig, source: str) -> None:
+    """The juno_muon family needs point data (r_m, theta -> npe) and two run dirs."""
+    if not config.npe_run or not config.time_run:
+        raise ConfigError(f"{source}: model.npe_run and model.time_run must name the trained NN_npe and NN_time runs")
+    if sorted(data.conditions) != ["r_m", "theta"] or data.targets != ["npe"] or data.categorical:
+        raise ConfigError(f"{source}: model.family juno_muon is built on point data: data.conditions [r_m, theta], "
+                          f"data.targets [npe]; got {data.conditions} -> {data.targets}")
+    if data.transforms.get("npe", "standard") != "identity":
+        raise ConfigError(f"{source}: data.transforms.npe must be identity for juno_muon (counts in physical units)")
+    for column in ("r_m", "theta"):
+        if data.transforms.get(column, "standard") == "log":
+            raise ConfigError(f"{source}: data.transforms.{column} = log is not supported by juno_muon")
+    if data.group_by is not None:
+        raise ConfigError(f"{source}: data.group_by is not supported by juno_muon")
+    for name in ("r_nodes", "theta_nodes", "noise_draws", "quantile_nodes"):
+        if getattr(config, name) < 2:
+            raise ConfigError(f"{source}: model.{name} = {getattr(config, name)}; expected at least 2")
+    if config.step_m <= 0 or config.point_energy_mev <= 0 or config.first_candidates < 1:
+        raise ConfigError(f"{source}: model.step_m, point_energy_mev and first_candidates must be positive")
+
+
+def add_dequantized_counts(pmt_table: dict[str, np.ndarray], *, seed: int = 0) -> None:
+    """Add ``npe_dequantized = npe + U(0, 1)`` to a point-mode pmt table (the target of configs/juno_npe_flow.yaml).
+
+    A density model (a flow) cannot fit integer counts; on the dequantised column ``floor(sample)`` is a count
+    with the learned distribution (uniform dequantisation, e.g. Theis et al., arXiv:1511.01844).
+    """
+    npe = np.asarray(pmt_table["npe"])
+    pmt_table["npe_dequantized"] = (npe + np.random.default_rng(seed).random(len(npe))).astype(np.float32)

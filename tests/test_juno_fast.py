@@ -1,0 +1,236 @@
+"""JUNO fast simulation: tables, exact pruning, first-hit sampling, bad input, and the juno_muon family end to end."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from detgen.config import config_from_dict
+from detgen.errors import ConfigError, DataError
+from detgen.io import read_table, write_table
+from detgen.simulators.juno import JunoDetector, sample_muon_tracks, simulate_points, write_point_tables
+from detgen.simulators.juno_fast import (
+    QUANTILE_Z_MAX,
+    FastMuonSimulator,
+    ResponseTables,
+    generate_muons,
+    grid_nodes,
+    tabulate_response,
+)
+
+SMALL = JunoDetector(n_pmt=300)
+SIGMA_NS = 3.0
+
+
+def _mean_per_mev(r: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    return 0.05 + 0.02 * (r / 17.7) * np.cos(theta) ** 2
+
+
+def _time_mean(r: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    return 60.0 + 2.0 * r * np.cos(theta)
+
+
+def _known_tables(r_nodes: int = 40, theta_nodes: int = 61, quantile_nodes: int = 48) -> ResponseTables:
+    """Tables of a known response: npe mean per MeV and Gaussian hit times (mean _time_mean, width SIGMA_NS)."""
+    tables = ResponseTables(r_nodes=r_nodes, theta_nodes=theta_nodes, quantile_nodes=quantile_nodes, r_max_m=17.7)
+    r, theta = grid_nodes(r_nodes, theta_nodes, 17.7)
+    rr, tt = np.meshgrid(r, theta, indexing="ij")
+    z = np.linspace(-QUANTILE_Z_MAX, QUANTILE_Z_MAX, quantile_nodes)
+    tables.npe_per_mev.copy_(torch.from_numpy(_mean_per_mev(rr, tt)))
+    tables.time_quantiles.copy_(torch.from_numpy(_time_mean(rr, tt)[..., None] + SIGMA_NS * z))
+    return tables
+
+
+def test_table_lookup_interpolates_a_smooth_response() -> None:
+    tables = _known_tables()
+    g = np.random.default_rng(0)
+    r, theta = g.uniform(0, 17.7, 2000), g.uniform(0, math.pi, 2000)
+    per_mev, earliest = tables.lookup(torch.from_numpy(r).float(), torch.from_numpy(theta).float())
+    np.testing.assert_allclose(per_mev.numpy(), _mean_per_mev(r, theta), rtol=0.01)
+    np.testing.assert_allclose(earliest.numpy(), _time_mean(r, theta) - SIGMA_NS * QUANTILE_Z_MAX, atol=0.05)
+    z = torch.from_numpy(g.normal(size=2000)).float()
+    t = tables.time_quantile(torch.from_numpy(r).float(), torch.from_numpy(theta).float(), z)
+    np.testing.assert_allclose(t.numpy(), _time_mean(r, theta) + SIGMA_NS * z.numpy(), atol=0.05)
+
+
+def test_pair_sampling_matches_a_direct_poisson_process() -> None:
+    """Count and first-hit time of one pair (mean 3 p.e., Gaussian times) against brute-force simulation."""
+    sim = FastMuonSimulator(_known_tables(), detector=SMALL)
+    n_pairs, lam = 40000, 3.0
+    r, theta = torch.full((n_pairs,), 10.0), torch.full((n_pairs,), 0.5)
+    t, rest = sim._sample_pairs(torch.full((n_pairs,), lam), r, theta, torch.zeros(n_pairs),
+                                torch.Generator().manual_seed(0))
+    count = torch.isfinite(t).double() + torch.poisson(rest.double(), torch.Generator().manual_seed(1))
+    rng = np.random.default_rng(2)
+    n = rng.poisson(lam, n_pairs)
+    mu = float(_time_mean(np.array(10.0), np.array(0.5)))
+    direct = np.array([rng.normal(mu, SIGMA_NS, k).min() if k else np.inf for k in n])
+    assert float(count.mean()) == pytest.approx(n.mean(), abs=0.04)
+    assert float(count.var()) == pytest.approx(n.var(), rel=0.05)
+    fast_t, hit = t.numpy(), np.isfinite(direct)
+    assert np.isfinite(fast_t).mean() == pytest.approx(hit.mean(), abs=0.01)
+    assert np.median(fast_t[np.isfinite(fast_t)]) == pytest.approx(np.median(direct[hit]), abs=0.1)
+    # the joint law: more p.e. -> earlier first hit, with the brute-force strength
+    many = count.numpy() >= 5
+    assert fast_t[many].mean() == pytest.approx(direct[n >= 5].mean(), abs=0.1)
+
+
+def test_points_give_poisson_counts_and_tabulated_times() -> None:
+    sim = FastMuonSimulator(_known_tables(), detector=SMALL)
+    r = np.full(400, 12.0)
+    tables = sim.points(r, energy_mev=10.0, generator=torch.Generator().manual_seed(1))
+    pmt, hits = tables["pmt"], tables["hits"]
+    expected = 10.0 * _mean_per_mev(pmt["r_m"].astype(float), pmt["theta"].astype(float))
+    total = pmt["npe"].reshape(400, -1).sum(1)
+    assert total.mean() == pytest.approx(expected.reshape(400, -1).sum(1).mean(), rel=0.01)
+    assert total.var() == pytest.approx(total.mean(), rel=0.2)  # Poisson
+    assert len(hits["time_ns"]) == pmt["npe"].sum()
+    pull = (hits["time_ns"] - _time_mean(hits["r_m"].astype(float), hits["theta"].astype(float))) / SIGMA_NS
+    assert pull.mean() == pytest.approx(0.0, abs=0.03) and pull.std() == pytest.approx(1.0, abs=0.03)
+    has = pmt["npe"] > 0
+    assert (pmt["first_hit_ns"][~has] == -1).all() and (pmt["first_hit_ns"][has] > 0).all()
+
+
+def test_pruning_is_exact_in_distribution() -> None:
+    """First-hit times and counts with pruning (1 candidate per PMT) match sampling every pair."""
+    tables = _known_tables()
+    entry, direction = np.array([0.0, 5.0, 16.9]), np.array([0.3, -0.2, -1.0])
+    results = {}
+    for k in (1, 10_000):
+        sim = FastMuonSimulator(tables, detector=SMALL, step_m=0.5, first_candidates=k)
+        g = torch.Generator().manual_seed(7)
+        runs = [sim.muon(entry, direction / np.linalg.norm(direction), g) for _ in range(60)]
+        results[k] = (np.stack([r[0] for r in runs]), np.stack([r[1] for r in runs]))
+    (npe_a, first_a), (npe_b, first_b) = results[1], results[10_000]
+    assert npe_a.mean() == pytest.approx(npe_b.mean(), rel=0.02)
+    hit = (npe_a > 0) & (npe_b > 0)
+    assert first_a[hit].mean() == pytest.approx(first_b[hit].mean(), abs=0.15)
+    assert np.median(first_a[hit]) == pytest.approx(np.median(first_b[hit]), abs=0.2)
+
+
+def test_bad_inputs_are_clear_errors_or_counted(tmp_path: Path) -> None:
+    sim = FastMuonSimulator(_known_tables(), detector=SMALL, step_m=0.5)
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(DataError, match="r_m outside"):
+        sim.points(np.array([18.5]), energy_mev=1.0, generator=g)
+    with pytest.raises(DataError, match="energy_mev"):
+        sim.points(np.array([1.0]), energy_mev=-1.0, generator=g)
+    positions = torch.tensor([[0.0, 0.0, 1.0]])
+    with pytest.raises(DataError, match="energies"):
+        sim.response(positions, torch.tensor([-2.0]), torch.zeros(1), g)
+    with pytest.raises(DataError, match="misses the LS sphere"):
+        sim.muon(np.array([0.0, 18.0, 0.0]), np.array([1.0, 0.0, 0.0]), g)
+    from detgen.simulators.juno_fast import check_point_inputs
+
+    with pytest.raises(DataError, match="theta outside"):
+        check_point_inputs(torch.tensor([1.0]), torch.tensor([3.5]), 17.7, "x")
+    # a file of tracks: a missing one is counted and left out, the rest are simulated
+    entry, direction = sample_muon_tracks(2, np.random.default_rng(0), detector=SMALL)
+    entry = np.vstack([entry, [[0.0, 18.0, 0.0]]])
+    direction = np.vstack([direction, [[1.0, 0.0, 0.0]]])
+    columns = dict(zip(("x0", "y0", "z0"), entry.T)) | dict(zip(("dx", "dy", "dz"), direction.T))
+    write_table(tmp_path / "tracks.h5", columns)
+    notes: list[str] = []
+    info = generate_muons(sim, tmp_path / "tracks.h5", tmp_path / "fast.h5", progress=False, log=notes.append)
+    assert info["excluded_missing_ls"] == 1 and info["rows"] == 2 and "miss the LS" in notes[0]
+    out = read_table(tmp_path / "fast.h5")
+    assert out["npe"].shape == (2, SMALL.n_pmt) and list(out["muon_index"]) == [0, 1]
+    write_table(tmp_path / "all_miss.h5", {k: v[2:] for k, v in columns.items()})
+    with pytest.raises(DataError, match="all 1 tracks miss"):
+        generate_muons(sim, tmp_path / "all_miss.h5", tmp_path / "none.h5", progress=False, log=notes.append)
+    assert not (tmp_path / "none.h5").exists()
+
+
+class _GaussianTime(nn.Module):
+    noise_dim = 1
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:  # conditions: (r_m, theta)
+        return 50.0 + 1.5 * conditions[:, :1] + 4.0 * noise
+
+
+class _PoissonLike(nn.Module):
+    noise_dim = 1
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:  # counts 0, 1, 2 with known probabilities
+        u = torch.special.ndtr(noise)
+        return (u > 0.7).float() + (u > 0.9).float()
+
+
+def _stub_run(sampler: nn.Module, target: str) -> SimpleNamespace:
+    return SimpleNamespace(path="stub", sampler=lambda: sampler,
+                           preprocessor=SimpleNamespace(input_columns=["r_m", "theta"], target_columns=[target]))
+
+
+def test_tabulation_reproduces_the_network_distribution() -> None:
+    tables = tabulate_response(_stub_run(_PoissonLike(), "npe"), _stub_run(_GaussianTime(), "time_ns"),
+                               r_nodes=5, theta_nodes=4, noise_draws=512, quantile_nodes=32,
+                               point_energy_mev=2.0, r_max_m=17.7)
+    np.testing.assert_allclose(tables["npe_per_mev"].numpy(), (0.2 * 1 + 0.1 * 2) / 2.0, rtol=0.01)
+    r, _ = grid_nodes(5, 4, 17.7)
+    z = np.linspace(-QUANTILE_Z_MAX, QUANTILE_Z_MAX, 32)
+    expected = 50.0 + 1.5 * r[:, None, None] + 4.0 * z[None, None, :]
+    np.testing.assert_allclose(tables["time_quantiles"].numpy(), np.broadcast_to(expected, (5, 4, 32)), atol=0.1)
+    with pytest.raises(ConfigError, match="expected exactly r_m and theta"):
+        bad = _stub_run(_GaussianTime(), "time_ns")
+        bad.preprocessor.input_columns = ["r_m"]
+        tabulate_response(_stub_run(_PoissonLike(), "npe"), bad, r_nodes=2, theta_nodes=2, noise_draws=4,
+                          quantile_nodes=2, point_energy_mev=1.0, r_max_m=17.7)
+
+
+def test_juno_muon_family_train_and_generate(tmp_path: Path) -> None:
+    """detgen train builds the tables from two (tiny) runs; detgen generate simulates a muon file."""
+    from detgen.cli import main
+
+    torch.set_num_threads(1)
+    tables, _ = simulate_points(3, seed=0)
+    write_point_tables(tmp_path / "points.h5", tables)
+    small = {"max_train_rows": 2000, "split": [0.5, 0.5, 0.0]}
+    npe_cfg = {"name": "npe", "data": {"key": "pmt", "conditions": ["r_m", "theta"], "targets": ["npe"],
+                                       "transforms": {"npe": "identity"}, **small},
+               "model": {"family": "noise_mlp", "hidden": [16], "output_activation": "relu", "discrete": True},
+               "training": {"epochs": 1, "batch_size": 512, "metric_rows": 1000}}
+    time_cfg = {"name": "time", "data": {"key": "hits", "conditions": ["r_m", "theta"], "targets": ["time_ns"],
+                                         "transforms": {"time_ns": "identity"}, **small},
+                "model": {"family": "noise_mlp", "hidden": [16], "output_activation": "elu1", "output_scale": 100.0,
+                          "split": {"column": "r_m", "at": 15.0, "hidden": [8]}},
+                "training": {"epochs": 1, "batch_size": 512, "metric_rows": 1000}}
+    from detgen.training import train
+
+    for name, raw in (("npe", npe_cfg), ("time", time_cfg)):
+        train(config_from_dict(raw), tmp_path / "points.h5", tmp_path / name, progress=False, log=lambda s: None)
+    muon_cfg = {"name": "muon", "data": {"key": "pmt", "conditions": ["r_m", "theta"], "targets": ["npe"],
+                                         "transforms": {"npe": "identity"}, **small},
+                "model": {"family": "juno_muon", "npe_run": str(tmp_path / "npe"), "time_run": str(tmp_path / "time"),
+                          "r_nodes": 6, "theta_nodes": 7, "noise_draws": 16, "quantile_nodes": 8, "step_m": 1.0},
+                "training": {"metric_rows": 2000}}
+    train(config_from_dict(muon_cfg), tmp_path / "points.h5", tmp_path / "muon", progress=False, log=lambda s: None)
+    entry, direction = sample_muon_tracks(2, np.random.default_rng(1))
+    write_table(tmp_path / "tracks.h5", dict(zip(("x0", "y0", "z0"), entry.T)) | dict(zip(("dx", "dy", "dz"), direction.T)))
+    code = main(["--no-progress", "generate", str(tmp_path / "muon"), "--conditions", str(tmp_path / "tracks.h5"),
+                 "-o", str(tmp_path / "fast.h5"), "--seed", "3"])
+    assert code == 0
+    out = read_table(tmp_path / "fast.h5")
+    assert out["npe"].shape == (2, 17612) and out["npe"].dtype == np.int32
+    assert (out["npe"] >= 0).all() and np.array_equal(out["total_pe"], out["npe"].sum(1))
+    assert ((out["first_hit_ns"] == -1) == (out["npe"] == 0)).all()
+    # the same seed reproduces the file
+    main(["--no-progress", "generate", str(tmp_path / "muon"), "--conditions", str(tmp_path / "tracks.h5"),
+          "-o", str(tmp_path / "again.h5"), "--seed", "3"])
+    assert np.array_equal(read_table(tmp_path / "again.h5")["npe"], out["npe"])
+
+
+def test_juno_muon_config_checks() -> None:
+    raw = {"name": "m", "data": {"key": "pmt", "conditions": ["r_m", "theta"], "targets": ["npe"]},
+           "model": {"family": "juno_muon", "npe_run": "a", "time_run": "b"}}
+    with pytest.raises(ConfigError, match="data.transforms.npe must be identity"):
+        config_from_dict(raw)
+    raw["data"]["transforms"] = {"npe": "identity"}  # type: ignore[index]
+    raw["model"]["time_run"] = ""  # type: ignore[index]
+    with pytest.raises(ConfigError, match="time_run"):
+        config_from_dict(raw)
