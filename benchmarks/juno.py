@@ -7,8 +7,8 @@
    conditional flows (configs/juno_npe_flow.yaml on dequantised npe, configs/juno_time_flow.yaml); score each
    pair by simulating the test events straight from the networks (npe from NN_npe per PMT, one NN_time draw
    per p.e.) and validating against the reference (detgen.validation.juno.validate_juno);
-3. tabulate the winners (npe: lowest mean separation power per (R, theta) bin; time: smallest hit-time median
-   deviation) with the juno_muon family (configs/juno_muon.yaml) and check the table against the networks
+3. tabulate the winners (lowest mean separation power per (R, theta) bin of npe, and of first-hit time) with
+   the juno_muon family (configs/juno_muon.yaml) and check the table against the networks
    (same test events, from the table);
 4. 1 MeV gammas at Z = 0, 5, 10, 15, 17 m: reference versus fast simulation;
 5. the same muons through the reference photon transport and the fast simulation (detgen generate on the
@@ -116,18 +116,38 @@ def main() -> None:
     parser.add_argument("--losses", default="energy,mmd", help="two-sample losses to compare")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--reuse-runs", default=None, metavar="NPE,TIME",
+                        help="skip training: tabulate the runs out/runs/npe_NPE and out/runs/time_TIME of an earlier "
+                             "benchmark in --out (e.g. flow,flow) and run steps 3-5 only")
     args = parser.parse_args()
     settings = QUICK if args.quick else Settings()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if args.reuse_runs is None:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
     results: dict[str, Any] = {"settings": dataclasses.asdict(settings), "threads": args.threads,
                                "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                                "load_average_start": os.getloadavg()}
     log = print
 
+    if args.reuse_runs is not None:
+        best_npe, best_time = args.reuse_runs.split(",")
+        runs = {f"npe_{best_npe}": out / "runs" / f"npe_{best_npe}", f"time_{best_time}": out / "runs" / f"time_{best_time}"}
+        test_tables, _ = simulate_points(settings.test_events, seed=args.seed + 1)
+        results["winners"] = {"npe": best_npe, "time": best_time, "reused": True}
+        shutil.rmtree(out / "runs" / "muon", ignore_errors=True)
+        for old_step in out.glob("runs/muon_step*"):
+            shutil.rmtree(old_step)
+    else:
+        test_tables, runs, best_npe, best_time = train_networks(args, settings, out, results, log)
+    tables_and_muons(args, settings, out, results, log, test_tables, runs, best_npe, best_time)
+
+
+def train_networks(args: Any, settings: Settings, out: Path, results: dict[str, Any], log: Any
+                   ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Path], str, str]:
+    """Steps 1 and 2: point data, the networks of every loss and the flows, scored on the test events."""
     # 1. point data ------------------------------------------------------------------------------------
     tic = time.perf_counter()
     train_tables, info = simulate_points(settings.train_events, seed=args.seed)
@@ -171,10 +191,17 @@ def main() -> None:
         return abs(float(value)) if value == value else math.inf
 
     best_npe = min(candidates, key=lambda c: score(c, "mean_separation_power_npe"))
-    best_time = min(candidates, key=lambda c: score(c, "hit_time_median_dev_ns"))
+    best_time = min(candidates, key=lambda c: score(c, "mean_separation_power_time"))
     results["networks"] = networks
     results["winners"] = {"npe": best_npe, "time": best_time}
     log(f"winners: npe {best_npe}, time {best_time}")
+    return test_tables, runs, best_npe, best_time
+
+
+def tables_and_muons(args: Any, settings: Settings, out: Path, results: dict[str, Any], log: Any,
+                     test_tables: dict[str, dict[str, np.ndarray]], runs: dict[str, Path], best_npe: str,
+                     best_time: str) -> None:
+    """Steps 3-5: the tables of the chosen runs, 1 MeV gammas and muons, fast versus reference."""
 
     # 3. the table of the winning pair ------------------------------------------------------------------
     muon_raw = yaml.safe_load((CONFIGS / "juno_muon.yaml").read_text())

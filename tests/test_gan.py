@@ -193,6 +193,13 @@ def test_regressor_learns_a_linear_toy(tmp_path: Path) -> None:
     # predicting the mean gives an L1 of about 0.87 per standardised uniform variable (1.73 for two)
     assert losses[-1] < 0.2 < 1.5 < losses[0] + 1.5
     assert losses[-1] < losses[0]
+    # a regressor run is a partner model: generating from it is a clear error, not a file of NaN maps
+    from detgen.errors import SchemaError
+    from detgen.generation import generate
+
+    with pytest.raises(SchemaError, match="generates no samples"):
+        generate(run_dir, path, tmp_path / "gen.h5", progress=False, log=quiet)
+    assert not (tmp_path / "gen.h5").exists()
 
 
 def test_gan_with_a_frozen_regressor(tmp_path: Path, shower_file: Path) -> None:

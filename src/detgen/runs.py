@@ -102,6 +102,9 @@ class Run:
 
     def sampler(self) -> Sampler:
         """The physical-units sampler graph, in eval mode, on the model's device."""
+        if not self.model.generates:
+            raise SchemaError(f"{self.path}: a {self.config.model.family!r} run generates no samples (it is a partner "
+                              "model, e.g. the regressor a GAN config names); generate with the model that uses it")
         return Sampler(self.model.generator(), self.preprocessor, self.model.noise_dim).eval()
 
 

@@ -219,9 +219,7 @@ def train(
     if not model.trainable:
         return _fit_closed_form(model, train_set, val_set, config, prepared.preprocessor, run_dir, meta, log)  # type: ignore[arg-type]
 
-    prepare_training = getattr(model, "prepare_training", None)
-    if prepare_training is not None:  # family hook: checks and counts that need the data (recorded in meta.json)
-        meta.update(prepare_training(prepared.preprocessor, train_set, val_set, log))
+    meta.update(model.prepare_training(prepared.preprocessor, train_set, val_set, log))  # type: ignore[arg-type]
     optimizers = model.make_optimizers(training)
     shuffle = torch.Generator().manual_seed(training.seed + 1)
     state: dict[str, Any] = {"epoch": 0, "best_metric": math.inf, "best_epoch": -1, "history": [], "stale": 0}

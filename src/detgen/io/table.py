@@ -177,6 +177,21 @@ def require_columns(
     )
 
 
+def finite_column(table: Mapping[str, np.ndarray], column: str, *, source: str, n_rows: int) -> np.ndarray:
+    """Column ``column`` as ``n_rows`` finite float64 values, or a DataError naming the column and the problem."""
+    try:
+        values = np.asarray(table[column], dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise DataError(f"{source}: column '{column}' is not numeric ({error})") from error
+    if values.shape != (n_rows,):
+        raise DataError(f"{source}: column '{column}' has shape {values.shape}; expected ({n_rows},), one value per row")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise DataError(f"{source}: column '{column}' has {int(bad.sum())} NaN/inf values (first at row "
+                        f"{int(np.flatnonzero(bad)[0])}); expected finite numbers")
+    return values
+
+
 def require_finite(table: Mapping[str, np.ndarray], columns: Sequence[str], *, source: str) -> None:
     """Raise a DataError if any of ``columns`` holds NaN or infinite values.
 

@@ -19,6 +19,7 @@ to physical targets; it is the single graph used by ``generate``, ONNX export an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,9 +34,17 @@ class ModelFamily(nn.Module):
     #: False for closed-form models (histogram sampling): the trainer calls ``fit`` once instead of a loop.
     trainable: bool = True
     noise_dim: int = 1
+    #: False for partner models that draw no samples (a GAN's regressor): generate and export refuse them.
+    generates: bool = True
 
     def loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def prepare_training(self, preprocessor: Preprocessor, train_set: tuple[Tensor, ...], val_set: tuple[Tensor, ...],
+                         log: Callable[[str], None]) -> dict[str, Any]:
+        """Called once by the trainer before the optimisers are made: checks and counts that need the data, or
+        loading a frozen partner (a teacher flow, a GAN's regressor). The returned dict goes into meta.json."""
+        return {}
 
     def validation_loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
         """The loss reported as ``val_loss`` (default: the training loss on validation rows)."""
@@ -118,6 +127,17 @@ class GroupedModel(ModelFamily):
             if rows.numel():
                 total = total + member.loss(targets[rows], conditions[rows, 1:]) * rows.numel()
         return total / targets.shape[0]
+
+    def prepare_training(self, preprocessor: Preprocessor, train_set: tuple[Tensor, ...], val_set: tuple[Tensor, ...],
+                         log: Callable[[str], None]) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        val_rows = dict(zip(self.group_names, (rows for _, rows in self._split(val_set[1]))))
+        for (member, rows), name in zip(self._split(train_set[1]), self.group_names):
+            member_train = (train_set[0][rows], train_set[1][rows, 1:])
+            member_val = (val_set[0][val_rows[name]], val_set[1][val_rows[name], 1:])
+            for k, v in member.prepare_training(preprocessor, member_train, member_val, log).items():
+                info[f"{k}_{name}"] = v
+        return info
 
     def fit(self, targets: Tensor, conditions: Tensor) -> dict[str, Any]:
         info: dict[str, Any] = {}

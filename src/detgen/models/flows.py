@@ -125,7 +125,7 @@ class ConditionalFlow(ModelFamily):
             targets = TanhBijection.inverse(targets[inside_tanh_domain(targets)])
         return int((targets.abs() > self.config.bound).any(1).sum())
 
-    def prepare_training(self, preprocessor: Any, train_set: tuple[Tensor, Tensor], val_set: tuple[Tensor, Tensor],
+    def prepare_training(self, preprocessor: Any, train_set: tuple[Tensor, ...], val_set: tuple[Tensor, ...],
                          log: Callable[[str], None]) -> dict[str, Any]:
         """Count (and log) the rows the final tanh cannot represent; the trainer records them in meta.json."""
         if not self.final_tanh:
@@ -167,7 +167,7 @@ class ConditionalFlow(ModelFamily):
         return TanhOutput(generator) if self.final_tanh else generator
 
 
-def count_outside_tanh(preprocessor: Any, train_set: tuple[Tensor, Tensor], val_set: tuple[Tensor, Tensor],
+def count_outside_tanh(preprocessor: Any, train_set: tuple[Tensor, ...], val_set: tuple[Tensor, ...],
                        log: Callable[[str], None]) -> dict[str, Any]:
     """Rows with a scaled target outside (-1, 1), per split and per target column; logged when any."""
     columns = list(preprocessor.target_columns)

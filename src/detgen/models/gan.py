@@ -247,6 +247,8 @@ class ImageRegressor(ModelFamily):
         torch.Size([4, 3])
     """
 
+    generates = False
+
     def __init__(self, *, n_targets: int, n_conditions: int, config: Any):
         super().__init__()
         _check_pixels(n_targets, config.image_shape, "regressor")

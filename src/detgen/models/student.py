@@ -89,7 +89,7 @@ class FlowStudent(ModelFamily):
         )
 
     # ------------------------------------------------------------------ the teacher
-    def prepare_training(self, preprocessor: Any, train_set: tuple[Tensor, Tensor], val_set: tuple[Tensor, Tensor],
+    def prepare_training(self, preprocessor: Any, train_set: tuple[Tensor, ...], val_set: tuple[Tensor, ...],
                          log: Callable[[str], None]) -> dict[str, Any]:
         """Load and check the teacher, give each student block its teacher block's feature order; count rows."""
         from detgen.runs import load_run

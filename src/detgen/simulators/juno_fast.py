@@ -12,7 +12,7 @@ tables. What is approximated, exactly:
 1. **The tables.** Per grid node, the networks are evaluated on a grid of ``noise_draws`` noise values
    z_k (uniform in [-5.5, 5.5], each weighted by its standard-normal probability mass; for a network with more
    than one noise input, random draws with equal weights). NN_npe's table keeps the mean count per MeV of
-   deposit; NN_time's table keeps the quantile function at ``quantile_nodes`` probabilities Phi(z_j),
+   deposit (each draw counted as floor(max(0, draw)), so a flow on dequantised counts gives counts); NN_time's table keeps the quantile function at ``quantile_nodes`` probabilities Phi(z_j),
    z_j uniform in [-4.5, 4.5] (dense in both tails: the first hit of many p.e. lives in the early tail).
    Between nodes, values are interpolated (bilinear in (s(R), theta), linear in z), where
    s(R) = (x + x^2) / 2, x = R / R_LS, spaces the R nodes 3x more finely at the LS edge than at the centre.
@@ -135,6 +135,7 @@ def tabulate_response(npe_run: Any, time_run: Any, *, r_nodes: int, theta_nodes:
     r_grid, theta_grid = grid_nodes(r_nodes, theta_nodes, r_max_m)
     rr, tt = (a.ravel() for a in np.meshgrid(r_grid, theta_grid, indexing="ij"))
     npe, w = _draw_outputs(npe_run, rr, tt, noise_draws, "npe")
+    npe = np.floor(np.clip(npe, 0.0, None))  # counts: a flow on dequantised npe (npe + U(0,1)) is floored here
     mean = npe @ w
     var = (npe - mean[:, None]) ** 2 @ w
     times, w = _draw_outputs(time_run, rr, tt, noise_draws, "time")

@@ -25,6 +25,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import interpolate, optimize
 
 from detgen.errors import ConfigError, DataError
+from detgen.io import finite_column
 from detgen.particles import HYPOTHESIS_MASS_GEV, HYPOTHESIS_OF, MASS_GEV, SPECIES
 from detgen.validation import metrics as m
 from detgen.validation import plots
@@ -105,21 +106,6 @@ class Tracks:
         return {SPECIES[i] for i in np.flatnonzero(np.bincount(self.species, minlength=len(SPECIES)))}
 
 
-def _numeric_column(table: Table, column: str, name: str, n_rows: int) -> FloatArray:
-    """Column ``column`` of ``table`` as finite float64 values, or a DataError naming it."""
-    try:
-        values = np.asarray(table[column], dtype=np.float64).ravel()
-    except (TypeError, ValueError) as error:
-        raise DataError(f"{name}: column '{column}' is not numeric ({error})") from error
-    if values.size != n_rows:
-        raise DataError(f"{name}: column '{column}' has {values.size} rows, expected {n_rows} like 'species'")
-    bad = ~np.isfinite(values)
-    if bad.any():
-        raise DataError(f"{name}: column '{column}' has {int(bad.sum())} NaN/inf values (first at row "
-                        f"{int(np.flatnonzero(bad)[0])}); expected finite numbers")
-    return values
-
-
 def _species_codes(table: Table, name: str) -> NDArray[np.int64]:
     """Integer species codes of ``table['species']``, or a DataError listing unknown labels."""
     labels = np.asarray(table["species"]).ravel()
@@ -151,9 +137,9 @@ def as_tracks(table: Table | Tracks, name: str = "table") -> Tracks:
     species = _species_codes(table, name)
     if species.size == 0:
         raise DataError(f"{name}: column 'species' is empty; expected at least one track")
-    p, theta, nhits, dedx = (_numeric_column(table, c, name, species.size) for c in ("p", "theta", "nhits", "dedx"))
+    p, theta, nhits, dedx = (finite_column(table, c, source=name, n_rows=species.size) for c in ("p", "theta", "nhits", "dedx"))
     if "cos_theta" in table:
-        cos_theta = _numeric_column(table, "cos_theta", name, species.size)
+        cos_theta = finite_column(table, "cos_theta", source=name, n_rows=species.size)
     else:
         cos_theta = np.cos(theta)
     for column, bad, expected in (

@@ -39,6 +39,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from detgen.errors import DataError
+from detgen.io import finite_column
 from detgen.validation import metrics as m
 from detgen.validation import plots
 from detgen.validation.report import write_metrics, write_report_html
@@ -110,21 +111,6 @@ def check_maps(maps: ArrayLike, name: str = "map") -> NDArray[np.float32]:
     return array
 
 
-def _column(table: Table, column: str, name: str, n_rows: int) -> FloatArray:
-    """A finite 1-D float column of ``table``, or a DataError naming it."""
-    try:
-        values = np.asarray(table[column], dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise DataError(f"{name}: column '{column}' is not numeric ({error})") from error
-    if values.shape != (n_rows,):
-        raise DataError(f"{name}: column '{column}' has shape {values.shape}; expected ({n_rows},) like 'map'")
-    bad = ~np.isfinite(values)
-    if bad.any():
-        raise DataError(f"{name}: column '{column}' has {int(bad.sum())} NaN/inf values (first at row "
-                        f"{int(np.flatnonzero(bad)[0])}); expected finite numbers")
-    return values
-
-
 def check_showers(table: Table, name: str) -> tuple[NDArray[np.float32], dict[str, FloatArray]]:
     """Checked (maps, conditions) of a shower table; conditions holds every condition column present.
 
@@ -137,7 +123,7 @@ def check_showers(table: Table, name: str) -> tuple[NDArray[np.float32], dict[st
         raise DataError(f"{name}: missing column(s) {missing}; expected {list(REQUIRED_COLUMNS)} and optionally "
                         f"{list(CONDITION_COLUMNS[1:])}")
     maps = check_maps(table["map"], f"{name}: column 'map'")
-    conditions = {c: _column(table, c, name, maps.shape[0]) for c in CONDITION_COLUMNS if c in table}
+    conditions = {c: finite_column(table, c, source=name, n_rows=maps.shape[0]) for c in CONDITION_COLUMNS if c in table}
     if np.any(conditions["mom"] <= 0):
         raise DataError(f"{name}: column 'mom' has {int(np.sum(conditions['mom'] <= 0))} values <= 0; expected "
                         "momenta > 0 GeV/c")
