@@ -101,6 +101,33 @@ def test_generator_parameter_count_is_the_seeds() -> None:
     assert 0.9 * 46_000 < n < 1.1 * 46_000
 
 
+def test_output_leak_changes_only_the_training_gradient() -> None:
+    """output_leak: the same ReLU images in train and eval mode, but in training a crystal the generator left at
+    zero still receives the critic's gradient (a plain ReLU gives it none)."""
+    torch.manual_seed(3)
+    leaky = ConditionalGAN(n_targets=121, n_conditions=6, config=GANConfig(**{**TINY_GAN, "output_leak": 0.2}))
+    plain = ConditionalGAN(n_targets=121, n_conditions=6, config=GANConfig(**TINY_GAN))
+    plain.generator_net.load_state_dict(leaky.generator_net.state_dict())
+    noise, conditions = torch.randn(16, 8), torch.randn(16, 6)
+    gradients = {}
+    for name, gan in (("leaky", leaky), ("plain", plain)):
+        net = gan.generator_net
+        net.eval()
+        with torch.no_grad():
+            evaluated = net(noise, conditions)
+        net.train()
+        images = net(noise, conditions)
+        assert torch.equal(images, evaluated)  # forward unchanged, and the same in both modes
+        zero = images.detach() == 0
+        assert zero.any() and (~zero).any()
+        net.zero_grad()
+        (images * zero).sum().backward()  # a loss that only the zero crystals feel
+        gradients[name] = net.dense.weight.grad.abs().sum().item()
+    assert torch.equal(leaky.generator_net(noise, conditions), plain.generator_net(noise, conditions))
+    assert gradients["plain"] == 0.0
+    assert gradients["leaky"] > 0.0
+
+
 def test_gradient_penalty_on_toy_critics() -> None:
     torch.manual_seed(0)
     real, fake, cond = torch.randn(16, 5), torch.randn(16, 5), torch.zeros(16, 1)

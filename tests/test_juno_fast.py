@@ -183,6 +183,66 @@ def test_tabulation_reproduces_the_network_distribution() -> None:
                           quantile_nodes=2, point_energy_mev=1.0, r_max_m=17.7)
 
 
+MU_NPE = 0.07  # mean count of the smeared dequantised stubs below (a PMT's ~0.07 p.e. per MeV in JUNO)
+
+
+class _SmearedDequantized(nn.Module):
+    """A smooth model of npe + U(0,1) as trained networks give it: N(MU_NPE + 1/2, 0.4^2).
+
+    Its mean is exactly that of npe + U(0,1) with E[npe] = MU_NPE, but its density has no step at 1, so
+    E[floor(max(0, x))] = P(x >= 1) + ... ~ 0.14, twice MU_NPE (the bias every trained JUNO model showed).
+    """
+
+    noise_dim = 1
+    discrete = True
+
+    def continuous(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        return MU_NPE + 0.5 + 0.4 * noise
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        return torch.floor(self.continuous(noise, conditions))
+
+
+def test_tabulated_mean_of_dequantized_counts_is_unbiased() -> None:
+    """Regression: the table took E[floor(draw)] of dequantised-count networks, doubling the mean npe."""
+    from scipy.special import ndtr
+
+    from detgen.simulators.juno_fast import npe_moments
+
+    time_run = _stub_run(_GaussianTime(), "time_ns")
+    kwargs = dict(r_nodes=3, theta_nodes=4, noise_draws=512, quantile_nodes=8, point_energy_mev=1.0, r_max_m=17.7)
+    stub = _SmearedDequantized()
+    floor_mean = sum(float(ndtr((MU_NPE + 0.5 - k) / 0.4)) for k in range(1, 10))  # E[floor(max(0, x))]
+    assert floor_mean > 1.8 * MU_NPE  # the floor of this smooth density really is biased
+    flow_run = _stub_run(_Continuous(stub), "npe_dequantized")  # a flow on npe + U(0,1): continuous draws
+    mlp_run = _stub_run(stub, "npe")  # a discrete noise_mlp: its sampler floors; the table must not
+    mlp_run.model = SimpleNamespace(generator=lambda: stub, noise_dim=1)
+    mlp_run.preprocessor.encode_conditions = lambda c: c
+    mlp_run.preprocessor.decode_targets = lambda y, c: y
+    for run in (flow_run, mlp_run):
+        tables = tabulate_response(run, time_run, **kwargs)  # type: ignore[arg-type]
+        np.testing.assert_allclose(tables["npe_per_mev"].numpy(), MU_NPE, rtol=0.01)
+        np.testing.assert_allclose(tables["npe_variance"].numpy(), 0.16 - 1.0 / 12.0, rtol=0.01)
+    # draws that are counts (no dequantisation) are still floored and averaged
+    tables = tabulate_response(_stub_run(stub, "npe"), time_run, **kwargs)  # type: ignore[arg-type]
+    np.testing.assert_allclose(tables["npe_per_mev"].numpy(), floor_mean, rtol=0.05)
+    draws = np.array([[0.2, 0.9, 1.4, 1.5]])
+    mean, var = npe_moments(draws, np.full(4, 0.25), dequantized=True)
+    np.testing.assert_allclose(mean, [0.5])
+    np.testing.assert_allclose(var, [np.var(draws) - 1.0 / 12.0])
+
+
+class _Continuous(nn.Module):
+    noise_dim = 1
+
+    def __init__(self, inner: _SmearedDequantized):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        return self.inner.continuous(noise, conditions)
+
+
 def test_juno_muon_family_train_and_generate(tmp_path: Path) -> None:
     """detgen train builds the tables from two (tiny) runs; detgen generate simulates a muon file."""
     from detgen.cli import main

@@ -217,6 +217,9 @@ class GANConfig:
     sparsity_scale: float = 1e-4
     #: The critic also sees ln(x + log_epsilon) as a second channel (the low-energy crystals); 0: off.
     log_epsilon: float = 1e-3
+    #: Training only: the output ReLU passes this slope of the gradient below zero (forward unchanged, so the
+    #: sampler and export are plain ReLU), letting the critic switch on crystals the generator left at zero; 0: off.
+    output_leak: float = 0.0
     n_critic: int = 5
     gp_weight: float = 10.0
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])

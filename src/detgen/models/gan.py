@@ -107,6 +107,7 @@ class ShowerGenerator(nn.Module):
         self.dense_shape = (channels, height, width)
         self.dense = nn.Linear(noise_dim + n_conditions, channels * height * width)
         self.upsample = int(config.upsample)
+        self.output_leak = float(config.output_leak)
         layers: list[nn.Module] = []
         previous = channels
         for out in config.generator_channels[:-1]:
@@ -134,7 +135,12 @@ class ShowerGenerator(nn.Module):
         h = nn.functional.leaky_relu(self.dense(torch.cat([noise, conditions], dim=1)), 0.2)
         h = h.view(-1, *self.dense_shape)
         h = nn.functional.interpolate(h, scale_factor=float(self.upsample), mode="nearest")
-        return torch.relu(self.convolutions(h)).flatten(1)
+        h = self.convolutions(h)
+        if self.training and self.output_leak > 0:
+            # forward: ReLU; backward: slope output_leak below zero (a straight-through leaky ReLU)
+            leaky = nn.functional.leaky_relu(h, self.output_leak)
+            return (torch.relu(h).detach() + leaky - leaky.detach()).flatten(1)
+        return torch.relu(h).flatten(1)
 
 
 class MinibatchDiscrimination(nn.Module):

@@ -12,7 +12,10 @@ tables. What is approximated, exactly:
 1. **The tables.** Per grid node, the networks are evaluated on a grid of ``noise_draws`` noise values
    z_k (uniform in [-5.5, 5.5], each weighted by its standard-normal probability mass; for a network with more
    than one noise input, random draws with equal weights). NN_npe's table keeps the mean count per MeV of
-   deposit (each draw counted as floor(max(0, draw)), so a flow on dequantised counts gives counts); NN_time's table keeps the quantile function at ``quantile_nodes`` probabilities Phi(z_j),
+   deposit: for a network of dequantised counts (npe + U(0,1): a flow on ``npe_dequantized`` or a discrete
+   noise-MLP's continuous output) the mean of the draws minus 1/2, not the mean of floor(draw), which the
+   smoothing of the density step at 1 biases upwards (see ``npe_moments``); other draws count as
+   floor(max(0, draw)). NN_time's table keeps the quantile function at ``quantile_nodes`` probabilities Phi(z_j),
    z_j uniform in [-4.5, 4.5] (dense in both tails: the first hit of many p.e. lives in the early tail).
    Between nodes, values are interpolated (bilinear in (s(R), theta), linear in z), where
    s(R) = (x + x^2) / 2, x = R / R_LS, spaces the R nodes 3x more finely at the LS edge than at the centre.
@@ -74,6 +77,8 @@ DRAW_Z_MAX = 5.5
 QUANTILE_Z_MAX = 4.5
 #: Columns of a conditions file of muon tracks (LS entry point in m, unit direction).
 TRACK_COLUMNS = ("x0", "y0", "z0", "dx", "dy", "dz")
+#: Target column of a flow on dequantised counts (npe + U(0, 1); ``add_dequantized_counts``).
+DEQUANTIZED_NPE_COLUMN = "npe_dequantized"
 
 
 # ------------------------------------------------------------------------------------------------- grids
@@ -109,11 +114,57 @@ def _condition_matrix(run: Any, r_m: np.ndarray, theta: np.ndarray, what: str) -
     return np.stack([r_m if c == "r_m" else theta for c in columns], axis=1)
 
 
+class _ContinuousOutput(nn.Module):
+    """A discrete noise_mlp generator's continuous (dequantised, not floored) output as a generator module."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.inner = generator
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        return self.inner.continuous(noise, conditions)  # type: ignore[operator]
+
+
+def npe_draw_sampler(run: Any) -> tuple[Any, bool]:
+    """The sampler whose draws tabulate NN_npe, and whether its draws are dequantised counts (npe + U(0,1)).
+
+    Dequantised: a flow on the column ``npe_dequantized`` (``add_dequantized_counts``) or a ``noise_mlp`` with
+    ``discrete: true`` (its continuous output, before the floor, is what was trained on npe + U(0,1)).
+    """
+    from detgen.models.base import Sampler
+
+    generator = run.model.generator() if hasattr(run, "model") else None
+    if generator is not None and getattr(generator, "discrete", False) and hasattr(generator, "continuous"):
+        return Sampler(_ContinuousOutput(generator), run.preprocessor, run.model.noise_dim).eval(), True
+    return run.sampler(), list(run.preprocessor.target_columns) == [DEQUANTIZED_NPE_COLUMN]
+
+
+def npe_moments(draws: np.ndarray, weights: np.ndarray, *, dequantized: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the count per cell from network draws (cells, draws) with weights (draws,).
+
+    Dequantised draws x (a model of npe + U(0,1)): mean E[x] - 1/2 and variance Var[x] - 1/12, which are exact
+    for the dequantised distribution and unbiased under any smoothing of its density that keeps the mean.
+    E[floor(x)] is not: a model cannot reproduce the density's step at x = 1 (from P(npe = 0) ~ 0.93 on [0, 1)
+    to P(npe = 1) ~ 0.07 on [1, 2)), and every bit of the zero-count mass it smears across 1 adds a whole
+    count; with the ~0.07 p.e. mean of a PMT per MeV that doubled the tabulated mean of every trained model.
+    Other draws are taken as counts: floor(max(0, x)).
+    """
+    if dequantized:
+        # a cell whose draws average below 1/2 (a model's small negative excursion where the mean is ~0) gets mean
+        # 0; ``tabulate_response`` counts such cells and the run records the count (fit_info in meta.json)
+        mean = draws @ weights
+        var = (draws - mean[:, None]) ** 2 @ weights
+        return np.clip(mean - 0.5, 0.0, None), np.clip(var - 1.0 / 12.0, 0.0, None)
+    counts = np.floor(np.clip(draws, 0.0, None))
+    mean = counts @ weights
+    return mean, (counts - mean[:, None]) ** 2 @ weights
+
+
 @torch.no_grad()
 def _draw_outputs(run: Any, r_m: np.ndarray, theta: np.ndarray, draws: int, what: str, chunk: int = 65536,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  seed: int = 0, sampler: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Network outputs (cells, draws) at every (r_m, theta) cell and the weight of each draw."""
-    sampler = run.sampler()
+    sampler = run.sampler() if sampler is None else sampler
     if len(run.preprocessor.target_columns) != 1:
         raise ConfigError(f"{run.path}: the {what} run has targets {run.preprocessor.target_columns}; expected one")
     if sampler.noise_dim == 1:
@@ -134,10 +185,10 @@ def tabulate_response(npe_run: Any, time_run: Any, *, r_nodes: int, theta_nodes:
     """The (R, theta) tables of NN_npe's mean (and variance) per MeV and NN_time's quantile function."""
     r_grid, theta_grid = grid_nodes(r_nodes, theta_nodes, r_max_m)
     rr, tt = (a.ravel() for a in np.meshgrid(r_grid, theta_grid, indexing="ij"))
-    npe, w = _draw_outputs(npe_run, rr, tt, noise_draws, "npe")
-    npe = np.floor(np.clip(npe, 0.0, None))  # counts: a flow on dequantised npe (npe + U(0,1)) is floored here
-    mean = npe @ w
-    var = (npe - mean[:, None]) ** 2 @ w
+    npe_sampler, dequantized = npe_draw_sampler(npe_run)
+    npe, w = _draw_outputs(npe_run, rr, tt, noise_draws, "npe", sampler=npe_sampler)
+    mean, var = npe_moments(npe, w, dequantized=dequantized)
+    clipped = int(np.count_nonzero(npe @ w < 0.5)) if dequantized else 0
     times, w = _draw_outputs(time_run, rr, tt, noise_draws, "time")
     order = np.argsort(times, axis=1)
     sorted_times = np.take_along_axis(times, order, axis=1)
@@ -151,6 +202,7 @@ def tabulate_response(npe_run: Any, time_run: Any, *, r_nodes: int, theta_nodes:
         "npe_per_mev": torch.from_numpy(mean.reshape(shape) / point_energy_mev).float(),
         "npe_variance": torch.from_numpy(var.reshape(shape)).float(),
         "time_quantiles": torch.from_numpy(quantiles.reshape(*shape, quantile_nodes)).float(),
+        "npe_cells_clipped_to_zero": torch.tensor(clipped),
     }
 
 
@@ -397,6 +449,7 @@ class JunoMuonFastSim(ModelFamily):
                                    theta_nodes=self.config.theta_nodes, noise_draws=self.config.noise_draws,
                                    quantile_nodes=self.config.quantile_nodes,
                                    point_energy_mev=self.config.point_energy_mev, r_max_m=self.detector.ls_radius_m)
+        clipped = int(tables.pop("npe_cells_clipped_to_zero"))  # logged by the trainer with fit_info, in meta.json
         for name, value in tables.items():
             getattr(self.tables, name).copy_(value)
         mean = tables["npe_per_mev"] * self.config.point_energy_mev
@@ -404,6 +457,7 @@ class JunoMuonFastSim(ModelFamily):
         return {"npe_run": str(Path(self.config.npe_run).resolve()),
                 "time_run": str(Path(self.config.time_run).resolve()),
                 "npe_dispersion_median": round(float(dispersion.median()), 4) if dispersion.numel() else None,
+                "npe_cells_clipped_to_zero": clipped,
                 "tabulation_seconds": round(time.perf_counter() - started, 2)}
 
     def generator(self) -> nn.Module:
@@ -517,4 +571,4 @@ def add_dequantized_counts(pmt_table: dict[str, np.ndarray], *, seed: int = 0) -
     with the learned distribution (uniform dequantisation, e.g. Theis et al., arXiv:1511.01844).
     """
     npe = np.asarray(pmt_table["npe"])
-    pmt_table["npe_dequantized"] = (npe + np.random.default_rng(seed).random(len(npe))).astype(np.float32)
+    pmt_table[DEQUANTIZED_NPE_COLUMN] = (npe + np.random.default_rng(seed).random(len(npe))).astype(np.float32)
