@@ -294,3 +294,43 @@ def test_juno_muon_config_checks() -> None:
     raw["model"]["time_run"] = ""  # type: ignore[index]
     with pytest.raises(ConfigError, match="time_run"):
         config_from_dict(raw)
+
+
+class _PoissonMeanStub(nn.Module):
+    """A ``loss: poisson`` NN_npe as the tabulation sees it: ``mean`` is a known lambda(R, theta); its draws
+    (``forward``) are deliberately not that mean, so a table built from draws would fail."""
+
+    noise_dim = 1
+    poisson = True
+
+    def mean(self, conditions: Tensor) -> Tensor:
+        r, theta = conditions[:, 0].double().numpy(), conditions[:, 1].double().numpy()
+        return torch.from_numpy(2.0 * _mean_per_mev(r, theta)).float().unsqueeze(1)
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        return torch.full((len(conditions), 1), 5.0)
+
+
+def test_tabulation_of_a_poisson_mean_network_uses_its_mean() -> None:
+    from detgen.config import NoiseMLPConfig
+    from detgen.models.noise_mlp import NoiseMLP
+    from detgen.simulators.juno_fast import poisson_mean_sampler
+
+    stub = _PoissonMeanStub()
+    run = _stub_run(stub, "npe")
+    run.model = SimpleNamespace(generator=lambda: stub, noise_dim=1)
+    run.preprocessor.encode_conditions = lambda c: c
+    run.preprocessor.decode_targets = lambda y, c: y
+    tables = tabulate_response(run, _stub_run(_GaussianTime(), "time_ns"), r_nodes=6, theta_nodes=5,  # type: ignore[arg-type]
+                               noise_draws=64, quantile_nodes=8, point_energy_mev=2.0, r_max_m=17.7)
+    r, theta = grid_nodes(6, 5, 17.7)
+    rr, tt = np.meshgrid(r, theta, indexing="ij")
+    np.testing.assert_allclose(tables["npe_per_mev"].numpy(), _mean_per_mev(rr, tt), rtol=1e-5)  # lambda / 2 MeV
+    np.testing.assert_allclose(tables["npe_variance"].numpy(), 2.0 * _mean_per_mev(rr, tt), rtol=1e-5)  # Poisson
+    # a real poisson noise_mlp is recognised; a flow-like run and a two-sample noise_mlp are not
+    real = SimpleNamespace(model=NoiseMLP(n_targets=1, n_conditions=2, config=NoiseMLPConfig(hidden=[4], loss="poisson")),
+                           preprocessor=run.preprocessor)
+    assert poisson_mean_sampler(real) is not None
+    real.model = NoiseMLP(n_targets=1, n_conditions=2, config=NoiseMLPConfig(hidden=[4]))
+    assert poisson_mean_sampler(real) is None
+    assert poisson_mean_sampler(_stub_run(_PoissonLike(), "npe")) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +128,80 @@ def test_split_routes_rows_by_physical_threshold() -> None:
     # both networks receive gradient from one batch holding rows on both sides
     model.loss(torch.randn(4, 1), encoded).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------- loss: poisson
+def test_poisson_nll_gradient_and_minimum() -> None:
+    """d NLL / d log(lambda) = lambda - n per row; over a free constant the minimum is log(mean count)."""
+    from scipy.stats import poisson
+
+    from detgen.models.noise_mlp import poisson_nll
+
+    counts = torch.tensor([0.0, 0.0, 1.0, 3.0, 0.0, 2.0], dtype=torch.float64)
+    log_mean = torch.tensor([-2.0, 0.1, 0.5, 1.0, -0.3, 0.7], dtype=torch.float64, requires_grad=True)
+    nll = poisson_nll(log_mean, counts)
+    expected = -poisson.logpmf(counts.numpy(), np.exp(log_mean.detach().numpy())).mean()
+    assert float(nll.detach()) == pytest.approx(expected, rel=1e-12)  # the full NLL, including log(n!)
+    nll.backward()
+    assert log_mean.grad is not None
+    torch.testing.assert_close(log_mean.grad, (torch.exp(log_mean) - counts).detach() / len(counts))
+    grid = torch.linspace(-3.0, 1.0, 4001, dtype=torch.float64)
+    values = torch.stack([poisson_nll(v.expand(6), counts) for v in grid])
+    assert float(grid[values.argmin()]) == pytest.approx(math.log(counts.mean()), abs=1e-3)
+
+
+def test_poisson_inverse_cdf_is_the_poisson_distribution() -> None:
+    from scipy.stats import poisson
+
+    from detgen.models.noise_mlp import poisson_inverse_cdf
+
+    u = (torch.arange(200000, dtype=torch.float64) + 0.5) / 200000  # a fine uniform grid: exact frequencies
+    for lam in (0.07, 1.3, 9.0):
+        counts = poisson_inverse_cdf(torch.full_like(u, lam), u).numpy()
+        assert np.array_equal(counts, np.round(counts)) and counts.min() >= 0
+        frequencies = np.bincount(counts.astype(int), minlength=30)[:30] / len(u)
+        np.testing.assert_allclose(frequencies, poisson.pmf(np.arange(30), lam), atol=2e-5)
+    assert float(poisson_inverse_cdf(torch.tensor([500.0]), torch.tensor([0.5]), max_count=64)) == 64.0  # capped
+
+
+def test_poisson_loss_recovers_exponential_mean(tmp_path: Path) -> None:
+    """lambda(c) = exp(0.3 + 1.2 c): the trained network's mean matches to a few %, its draws are Poisson counts."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(2)
+    c = rng.uniform(-1.0, 1.0, 40000)
+    write_table(tmp_path / "pe.parquet", {"c": c, "npe": rng.poisson(np.exp(0.3 + 1.2 * c))})
+    raw = {"name": "pe", "data": {"conditions": ["c"], "targets": ["npe"], "transforms": {"npe": "identity"}},
+           "model": {"family": "noise_mlp", "loss": "poisson", "hidden": [16, 16], "activation": "tanh"},
+           "training": {"epochs": 6, "batch_size": 1024, "lr": 1e-2, "metric_rows": 2000, "best_metric": "val_loss",
+                        "schedule": {"kind": "constant"}}}
+    run = load_run(train(config_from_dict(raw), tmp_path / "pe.parquet", tmp_path / "run", progress=False,
+                         log=lambda s: None))
+    net = run.model.generator()
+    for value in (-0.8, 0.0, 0.8):
+        cond = run.preprocessor.encode_conditions(torch.full((1, 1), value))
+        lam = float(net.mean(cond).detach())
+        assert lam == pytest.approx(math.exp(0.3 + 1.2 * value), rel=0.04)
+        y = run.sampler()(torch.randn(40000, 1), torch.full((40000, 1), value)).detach().numpy()[:, 0]
+        assert y.min() >= 0 and np.array_equal(y, np.round(y))  # the generator draws counts
+        assert y.mean() == pytest.approx(lam, rel=0.03) and y.var() == pytest.approx(lam, rel=0.06)
+        # deterministic given the noise (plain tensor ops: an inverse CDF of Phi(noise))
+        z = torch.randn(16, 1)
+        assert torch.equal(run.sampler()(z, torch.full((16, 1), value)), run.sampler()(z, torch.full((16, 1), value)))
+
+
+def test_poisson_ignores_noise_in_the_mean_and_config_errors() -> None:
+    model = NoiseMLP(n_targets=1, n_conditions=2, config=NoiseMLPConfig(hidden=[8], loss="poisson"))
+    assert model.net.low[0].in_features == 2  # conditions only
+    cond = torch.randn(5, 2)
+    torch.testing.assert_close(model.net.continuous(torch.randn(5, 1), cond), model.net.continuous(torch.randn(5, 1), cond))
+    base = {"name": "x", "data": {"conditions": ["r_m"], "targets": ["npe"], "transforms": {"npe": "identity"}},
+            "model": {"family": "noise_mlp", "loss": "poisson", "discrete": True, "output_activation": "relu"}}
+    with pytest.raises(ConfigError, match="loss poisson"):
+        config_from_dict(base)
+    base["model"] = {"family": "noise_mlp", "loss": "poisson", "output_activation": "softplus"}
+    with pytest.raises(ConfigError, match="output_activation identity"):
+        config_from_dict(base)
+    base["model"] = {"family": "noise_mlp", "loss": "poisson"}
+    base["data"]["transforms"] = {"npe": "standard"}  # type: ignore[index]
+    with pytest.raises(ConfigError, match="data.transforms.npe"):
+        config_from_dict(base)

@@ -283,7 +283,8 @@ class NoiseMLPConfig:
     #: The network output is multiplied by this (physical units), so it works at O(1) for targets like ns.
     output_scale: float = 1.0
     noise_dim: int = 1
-    #: Two-sample statistic on the joint (condition, target) batch: energy | mmd | sliced.
+    #: Two-sample statistic on the joint (condition, target) batch: energy | mmd | sliced; or poisson: the network
+    #: (conditions only) predicts log(mean count), trained by the Poisson NLL; its draws are Poisson counts.
     loss: str = "energy"
     #: Gaussian kernel widths of the multi-scale MMD (in loss units: encoded conditions, targets / output_scale).
     mmd_bandwidths: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0, 2.0])

@@ -30,6 +30,7 @@ built).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -43,7 +44,9 @@ from detgen.models.base import ModelFamily
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU, "gelu": nn.GELU}
 OUTPUT_ACTIVATIONS = ("identity", "relu", "elu1", "softplus")
 POSITIVE_OUTPUTS = ("relu", "elu1", "softplus")
-LOSSES = ("energy", "mmd", "sliced")
+LOSSES = ("energy", "mmd", "sliced", "poisson")
+#: Largest count the Poisson generator's inverse CDF can return (probability above it is assigned to it).
+POISSON_MAX_COUNT = 64
 
 
 # ------------------------------------------------------------------------------------- two-sample statistics
@@ -93,7 +96,33 @@ def two_sample_loss(x: Tensor, y: Tensor, config: NoiseMLPConfig) -> Tensor:
         return energy_distance(x, y)
     if config.loss == "mmd":
         return mmd(x, y, bandwidths=config.mmd_bandwidths)
+    if config.loss == "poisson":
+        raise ValueError("loss poisson is a likelihood, not a two-sample statistic (use poisson_nll)")
     return sliced_wasserstein(x, y, projections=config.projections)
+
+
+def poisson_nll(log_mean: Tensor, counts: Tensor) -> Tensor:
+    """Mean Poisson negative log-likelihood -log P(n | lambda) = lambda - n log(lambda) + log(n!), lambda = exp(log_mean).
+
+    Its gradient in ``log_mean`` is lambda - n, so its minimum over a free ``log_mean`` is log(mean count).
+    """
+    return (torch.exp(log_mean) - counts * log_mean + torch.lgamma(counts + 1.0)).mean()
+
+
+def poisson_inverse_cdf(mean: Tensor, u: Tensor, max_count: int = POISSON_MAX_COUNT) -> Tensor:
+    """The Poisson(``mean``) count whose CDF first reaches ``u`` (u in (0, 1)): plain tensor ops, no sampling calls.
+
+    count = sum over k = 0 .. max_count - 1 of [CDF(k) < u], CDF(k) = sum_{j<=k} exp(-mean) mean^j / j!
+    (a fixed-length recursion, so the graph exports); counts above ``max_count`` are returned as ``max_count``.
+    """
+    pmf = torch.exp(-mean)
+    cdf = pmf
+    count = torch.zeros_like(mean)
+    for k in range(1, max_count + 1):
+        count = count + (cdf < u).to(mean.dtype)
+        pmf = pmf * mean / k
+        cdf = cdf + pmf
+    return count
 
 
 # ------------------------------------------------------------------------------------- networks
@@ -122,6 +151,9 @@ class NoiseMLPGenerator(nn.Module):
     """``(noise, conditions) -> targets`` in model space; one or two (split) networks.
 
     ``discrete=True`` floors the output (counts); :meth:`continuous` is the differentiable output used in training.
+    ``poisson=True`` (``loss: poisson``): the networks see the conditions only and output log lambda;
+    :meth:`mean` is lambda (times ``output_scale``), and :meth:`forward` a Poisson count drawn by inverse CDF at
+    u = Phi(noise[:, 0]) (the first noise column, standard normal; any further columns are ignored).
     """
 
     split_index: Tensor
@@ -129,7 +161,8 @@ class NoiseMLPGenerator(nn.Module):
 
     def __init__(self, *, n_targets: int, n_conditions: int, config: NoiseMLPConfig):
         super().__init__()
-        n_in = n_conditions + config.noise_dim
+        self.poisson = config.loss == "poisson"
+        n_in = n_conditions if self.poisson else n_conditions + config.noise_dim
         self.low = make_mlp(n_in, list(config.hidden), config.activation, n_targets)
         self.high: nn.Sequential | None = None
         if config.split.column is not None:
@@ -142,8 +175,7 @@ class NoiseMLPGenerator(nn.Module):
         self.output_scale = config.output_scale
         self.discrete = config.discrete
 
-    def continuous(self, noise: Tensor, conditions: Tensor) -> Tensor:
-        x = torch.cat([conditions, noise], dim=1)
+    def _hidden_output(self, x: Tensor, conditions: Tensor) -> Tensor:
         if self.high is None:
             h = self.low(x)
         else:
@@ -156,9 +188,26 @@ class NoiseMLPGenerator(nn.Module):
                 h = x.new_empty(x.shape[0], self.n_targets)
                 rows_high, rows_low = torch.nonzero(upper).squeeze(1), torch.nonzero(~upper).squeeze(1)
                 h = h.index_put((rows_low,), self.low(x[rows_low])).index_put((rows_high,), self.high(x[rows_high]))
+        return h
+
+    def log_mean(self, conditions: Tensor) -> Tensor:
+        """Poisson networks: log lambda of the network's own output (without ``output_scale``)."""
+        return self._hidden_output(conditions, conditions)
+
+    def mean(self, conditions: Tensor) -> Tensor:
+        """Poisson networks: the mean count lambda(conditions) in physical units."""
+        return torch.exp(self.log_mean(conditions)) * self.output_scale
+
+    def continuous(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        if self.poisson:
+            return self.mean(conditions)
+        h = self._hidden_output(torch.cat([conditions, noise], dim=1), conditions)
         return output_activation(h, self.out_kind) * self.output_scale
 
     def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        if self.poisson:
+            u = 0.5 * (1.0 + torch.erf(noise[:, :1] / 2.0**0.5))
+            return poisson_inverse_cdf(self.mean(conditions), u.expand(-1, self.n_targets))
         y = self.continuous(noise, conditions)
         return torch.floor(y) if self.discrete else y
 
@@ -210,6 +259,8 @@ class NoiseMLP(ModelFamily):
         return torch.cat([conditions * self.config.condition_weight, values / self.config.output_scale], dim=1)
 
     def loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
+        if self.config.loss == "poisson":  # lambda = exp(log_mean) * output_scale; targets are counts
+            return poisson_nll(self.net.log_mean(conditions) + math.log(self.config.output_scale), targets)
         noise = torch.randn(targets.shape[0], self.noise_dim, device=targets.device, dtype=targets.dtype)
         generated = self.net.continuous(noise, conditions)
         if self.config.discrete:
@@ -217,7 +268,7 @@ class NoiseMLP(ModelFamily):
         return two_sample_loss(self._joint(targets, conditions), self._joint(generated, conditions), self.config)
 
     def validation_loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
-        """Mean of the loss over blocks of ``validation_block`` rows (pairwise statistics are O(rows^2))."""
+        """Mean of the loss over blocks of ``validation_block`` rows (pairwise statistics are O(rows^2) in memory)."""
         block = self.config.validation_block
         total = targets.new_zeros(())
         for start in range(0, targets.shape[0], block):
@@ -258,6 +309,16 @@ def check_noise_mlp_config(config: NoiseMLPConfig, data: DataConfig, source: str
                     f"{config.output_activation!r}{' / discrete' if config.discrete else ''} acts in physical units, "
                     "so the target transform must be identity (use model.output_scale for the scale)"
                 )
+    if config.loss == "poisson":
+        if config.discrete or config.output_activation != "identity":
+            raise ConfigError(f"{source}: model.loss poisson predicts log(mean count) with an exp link; it needs "
+                              f"output_activation identity and discrete false (its draws are already counts), got "
+                              f"{config.output_activation!r} / discrete {config.discrete}")
+        for target in data.targets:
+            kind = data.transforms.get(target, "standard")
+            if kind != "identity":
+                raise ConfigError(f"{source}: data.transforms.{target} = {kind!r}; model.loss poisson needs the "
+                                  "counts in physical units (transform identity)")
     column = config.split.column
     if column is not None and (column not in data.conditions or column in data.categorical):
         raise ConfigError(f"{source}: model.split.column = {column!r} must be a numeric condition "

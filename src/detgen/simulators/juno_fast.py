@@ -12,8 +12,9 @@ tables. What is approximated, exactly:
 1. **The tables.** Per grid node, the networks are evaluated on a grid of ``noise_draws`` noise values
    z_k (uniform in [-5.5, 5.5], each weighted by its standard-normal probability mass; for a network with more
    than one noise input, random draws with equal weights). NN_npe's table keeps the mean count per MeV of
-   deposit: for a network of dequantised counts (npe + U(0,1): a flow on ``npe_dequantized`` or a discrete
-   noise-MLP's continuous output) the mean of the draws minus 1/2, not the mean of floor(draw), which the
+   deposit: for a Poisson-mean network (``noise_mlp`` with ``loss: poisson``) its lambda(R, theta) itself
+   (``poisson_mean_sampler``, no noise draws); for a network of dequantised counts (npe + U(0,1): a flow on
+   ``npe_dequantized`` or a discrete noise-MLP's continuous output) the mean of the draws minus 1/2, not the mean of floor(draw), which the
    smoothing of the density step at 1 biases upwards (see ``npe_moments``); other draws count as
    floor(max(0, draw)). NN_time's table keeps the quantile function at ``quantile_nodes`` probabilities Phi(z_j),
    z_j uniform in [-4.5, 4.5] (dense in both tails: the first hit of many p.e. lives in the early tail).
@@ -139,6 +140,28 @@ def npe_draw_sampler(run: Any) -> tuple[Any, bool]:
     return run.sampler(), list(run.preprocessor.target_columns) == [DEQUANTIZED_NPE_COLUMN]
 
 
+class _PoissonMean(nn.Module):
+    """A Poisson noise_mlp generator's mean count lambda(conditions) as a generator module (noise ignored)."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.inner = generator
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        return self.inner.mean(conditions)  # type: ignore[operator]
+
+
+def poisson_mean_sampler(run: Any) -> Any:
+    """For an NN_npe run that predicts the Poisson mean (``noise_mlp`` with ``loss: poisson``): a sampler whose
+    output is lambda(R, theta) in p.e. per PMT; None for any other run."""
+    from detgen.models.base import Sampler
+
+    generator = run.model.generator() if hasattr(run, "model") else None
+    if generator is None or not getattr(generator, "poisson", False):
+        return None
+    return Sampler(_PoissonMean(generator), run.preprocessor, run.model.noise_dim).eval()
+
+
 def npe_moments(draws: np.ndarray, weights: np.ndarray, *, dequantized: bool) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance of the count per cell from network draws (cells, draws) with weights (draws,).
 
@@ -185,10 +208,16 @@ def tabulate_response(npe_run: Any, time_run: Any, *, r_nodes: int, theta_nodes:
     """The (R, theta) tables of NN_npe's mean (and variance) per MeV and NN_time's quantile function."""
     r_grid, theta_grid = grid_nodes(r_nodes, theta_nodes, r_max_m)
     rr, tt = (a.ravel() for a in np.meshgrid(r_grid, theta_grid, indexing="ij"))
-    npe_sampler, dequantized = npe_draw_sampler(npe_run)
-    npe, w = _draw_outputs(npe_run, rr, tt, noise_draws, "npe", sampler=npe_sampler)
-    mean, var = npe_moments(npe, w, dequantized=dequantized)
-    clipped = int(np.count_nonzero(npe @ w < 0.5)) if dequantized else 0
+    mean_sampler = poisson_mean_sampler(npe_run)
+    if mean_sampler is not None:  # the network's lambda itself; Poisson variance = mean
+        lam, w = _draw_outputs(npe_run, rr, tt, 2, "npe", sampler=mean_sampler)  # two equal columns, weights sum 1
+        mean, clipped = lam @ w, 0
+        var = mean.copy()
+    else:
+        npe_sampler, dequantized = npe_draw_sampler(npe_run)
+        npe, w = _draw_outputs(npe_run, rr, tt, noise_draws, "npe", sampler=npe_sampler)
+        mean, var = npe_moments(npe, w, dequantized=dequantized)
+        clipped = int(np.count_nonzero(npe @ w < 0.5)) if dequantized else 0
     times, w = _draw_outputs(time_run, rr, tt, noise_draws, "time")
     order = np.argsort(times, axis=1)
     sorted_times = np.take_along_axis(times, order, axis=1)
