@@ -31,20 +31,11 @@ from detgen.runs import load_run
 from detgen.simulators.dedx import simulate_dedx
 from detgen.training import train
 from detgen.validation.dedx import validate_dedx
+from timing import best_rate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SPECIES = ["pi+", "K+", "p"]
 KEYS = ["pid_eff_chi2_ndf", "misid_chi2_ndf", "classifier_auc", "mean_wasserstein", "max_ks"]
-
-
-def rate(fn, rows: int, repeats: int = 3) -> float:
-    """Best of `repeats` (rows per second)."""
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return rows / best
 
 
 def sampler_rate(generator: torch.nn.Module, run, table, chunk: int, compiled: bool = False) -> float:
@@ -65,7 +56,7 @@ def sampler_rate(generator: torch.nn.Module, run, table, chunk: int, compiled: b
             for s in range(0, c.shape[0], chunk):
                 sampler(z[s : s + chunk], c[s : s + chunk])
 
-    return rate(go, c.shape[0])
+    return best_rate(go, c.shape[0])
 
 
 def training_step_rates(batch_size: int = 512, steps: int = 60) -> dict[str, float]:
@@ -87,7 +78,7 @@ def training_step_rates(batch_size: int = 512, steps: int = 60) -> dict[str, flo
                 loss.backward()
                 optimizer.step()
 
-        rates[name] = rate(step, steps)
+        rates[name] = best_rate(step, steps)
     return rates
 
 
@@ -164,7 +155,7 @@ def throughput(args: argparse.Namespace, results: dict) -> None:
     out = args.out
     rows = args.throughput_rows
     results["tracks_per_second"] = {
-        "reference_simulator": rate(lambda: simulate_dedx(rows, seed=3, species=SPECIES), rows, repeats=1)}
+        "reference_simulator": best_rate(lambda: simulate_dedx(rows, seed=3, species=SPECIES), rows, repeats=1)}
     cond_table, _ = simulate_dedx(rows, seed=4, species=SPECIES)
     flow_run, hist_run = load_run(out / "run_flow"), load_run(out / "run_histogram")
     speeds = results["tracks_per_second"]

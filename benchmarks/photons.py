@@ -26,7 +26,6 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from detgen.runs import load_run
 from detgen.simulators.photons import generate_truth, smear_photons
 from detgen.training import train
 from detgen.validation.photons import SUMMARY_KEYS, validate_photons
+from timing import best_rate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: name -> (smear_photons scenario, rho)
@@ -56,16 +56,6 @@ MODELS = ("cnf", "student", "smearing")
 #: The issue's fidelity targets (benchmark, not timed tests): metric -> largest passing value.
 TARGETS = {"max_rel_resolution_dev": 0.02, "max_abs_corr_dev": 0.02, "tail_fraction_rel_dev": 0.05,
            "mgg_mean_dev_gev": 0.05, "mgg_sd_rel_dev": 0.02}
-
-
-def best_rate(fn: Callable[[], object], rows: int, repeats: int = 3) -> float:
-    """Rows per second of ``fn`` (best of ``repeats``)."""
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return rows / best
 
 
 def sampler_rate(generator: torch.nn.Module, run: Any, table: dict[str, np.ndarray], *, chunk: int = 8192,

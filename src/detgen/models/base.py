@@ -78,6 +78,18 @@ class ModelFamily(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no tractable density")
 
 
+class ClosedFormGenerator(nn.Module):
+    """``(noise, conditions) -> model.sample(noise, conditions)``: the generator of a closed-form family
+    (histogram sampling, parametric smearing), whose tables live in the family module itself."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        return self.model.sample(noise, conditions)  # type: ignore[operator,no-any-return]
+
+
 class GroupedGenerator(nn.Module):
     """Routes rows to one generator per group by the group code in the first condition feature."""
 

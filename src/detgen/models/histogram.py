@@ -24,16 +24,7 @@ from torch import Tensor, nn
 
 from detgen.config import HistogramConfig
 from detgen.errors import ConfigError
-from detgen.models.base import ModelFamily
-
-
-class HistogramGenerator(nn.Module):
-    def __init__(self, model: HistogramSampling):
-        super().__init__()
-        self.model = model
-
-    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
-        return self.model.sample(noise, conditions)
+from detgen.models.base import ClosedFormGenerator, ModelFamily
 
 
 class HistogramSampling(ModelFamily):
@@ -156,4 +147,4 @@ class HistogramSampling(ModelFamily):
         return self.mean_curve(conditions[:, 0]).unsqueeze(1) + residual
 
     def generator(self) -> nn.Module:
-        return HistogramGenerator(self)
+        return ClosedFormGenerator(self)

@@ -28,18 +28,7 @@ from torch import Tensor, nn
 
 from detgen.config import SmearingConfig
 from detgen.errors import ConfigError
-from detgen.models.base import ModelFamily
-
-
-class SmearingGenerator(nn.Module):
-    """(noise, conditions) -> mean[cell] + width[cell] * noise, one column per target."""
-
-    def __init__(self, model: GaussianSmearing):
-        super().__init__()
-        self.model = model
-
-    def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
-        return self.model.sample(noise, conditions)
+from detgen.models.base import ClosedFormGenerator, ModelFamily
 
 
 class GaussianSmearing(ModelFamily):
@@ -133,4 +122,4 @@ class GaussianSmearing(ModelFamily):
         return torch.stack(columns, dim=1)
 
     def generator(self) -> nn.Module:
-        return SmearingGenerator(self)
+        return ClosedFormGenerator(self)
