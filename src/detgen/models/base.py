@@ -58,14 +58,7 @@ class ModelFamily(nn.Module):
                    training: Any) -> dict[str, float]:
         """One optimisation step on a batch; returns scalars for the history (``loss`` is the headline)."""
         loss = self.loss(targets, conditions)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()}; lower training.lr?")
-        optimizer = optimizers["model"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if training.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), training.grad_clip)
-        optimizer.step()
+        optimizer_step(loss, optimizers["model"], self.parameters(), training.grad_clip)
         return {"loss": loss.item()}
 
     def generator(self) -> nn.Module:
@@ -76,6 +69,18 @@ class ModelFamily(nn.Module):
 
     def log_prob(self, targets: Tensor, conditions: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no tractable density")
+
+
+def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, parameters: Any, grad_clip: float | None,
+                   what: str = "loss") -> None:
+    """Check ``loss`` is finite, back-propagate, clip the gradient norm of ``parameters`` if asked, step."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what} is {loss.item()}; lower training.lr?")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
 
 
 class ClosedFormGenerator(nn.Module):

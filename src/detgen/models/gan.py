@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from detgen.errors import ConfigError, DataError
-from detgen.models.base import ModelFamily
+from detgen.models.base import ModelFamily, optimizer_step
 
 
 # ------------------------------------------------------------------------------------------ config checks
@@ -405,13 +405,7 @@ class ConditionalGAN(ModelFamily):
             distance = self.critic(real, cond).mean() - self.critic(fake, cond).mean()
             penalty = gradient_penalty(self.critic, real, fake, cond)
             critic_loss = -distance + self.config.gp_weight * penalty
-            if not torch.isfinite(critic_loss):
-                raise FloatingPointError(f"critic loss is {critic_loss.item()}; lower training.lr?")
-            critic_opt.zero_grad(set_to_none=True)
-            critic_loss.backward()
-            if training.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), training.grad_clip)
-            critic_opt.step()
+            optimizer_step(critic_loss, critic_opt, self.critic.parameters(), training.grad_clip, "critic loss")
             wasserstein, penalties, n_slices = wasserstein + distance.item(), penalties + penalty.item(), n_slices + 1
         self.generator_net.requires_grad_(True)
         self.critic.requires_grad_(False)
@@ -419,13 +413,8 @@ class ConditionalGAN(ModelFamily):
         adversarial = -self.critic(fake, conditions).mean()
         regression = self.regression_l1(fake, conditions)
         generator_loss = adversarial + self.config.regressor_weight * regression
-        if not torch.isfinite(generator_loss):
-            raise FloatingPointError(f"generator loss is {generator_loss.item()}; lower training.lr?")
-        generator_opt.zero_grad(set_to_none=True)
-        generator_loss.backward()
-        if training.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.generator_net.parameters(), training.grad_clip)
-        generator_opt.step()
+        optimizer_step(generator_loss, generator_opt, self.generator_net.parameters(), training.grad_clip,
+                       "generator loss")
         self.critic.requires_grad_(True)
         return {"loss": wasserstein / n_slices, "gradient_penalty": penalties / n_slices,
                 "generator": adversarial.item(), "regression_l1": regression.item()}
