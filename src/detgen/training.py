@@ -229,11 +229,6 @@ def train(
     elif resume:  # killed before its first checkpoint: nothing to restore, start from the beginning
         log(f"{run_dir} has no checkpoint yet; starting from epoch 1")
     n_train = train_set[0].shape[0]
-    outside = _rows_outside_domain(model, train_set)
-    if outside:
-        log(f"warning: {outside} training row(s) have targets outside the flow's spline domain (model.bound = "
-            f"{config.model.bound}); the flow is the identity there. Consider a larger model.bound.")
-    meta["rows_outside_spline_domain"] = outside
     log(f"training {config.name}: {n_train} training rows, {val_set[0].shape[0]} validation rows, "
         f"{sum(p.numel() for p in model.parameters())} parameters, device {torch_device}")
 
@@ -270,14 +265,6 @@ def train(
             break
     log(f"best epoch {state['best_epoch']} ({training.best_metric} {state['best_metric']:.4f}); run dir {run_dir}")
     return run_dir
-
-
-def _rows_outside_domain(model: ModelFamily, train_set: tuple[Tensor, ...]) -> int:
-    from detgen.models.base import GroupedModel
-
-    members = list(model.members.values()) if isinstance(model, GroupedModel) else [model]
-    check = getattr(members[0], "outside_domain", None)
-    return check(train_set[0]) if check is not None else 0
 
 
 def _run_epoch(

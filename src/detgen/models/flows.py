@@ -119,18 +119,28 @@ class ConditionalFlow(ModelFamily):
 
     def outside_domain(self, targets: Tensor) -> int:
         """Training rows with a target outside the spline domain (where the flow is the identity)."""
-        if self.config.transform != "rqs":
-            return 0
         if self.final_tanh:  # the spline acts before the tanh: measure in its own (pre-tanh) space
             targets = TanhBijection.inverse(targets[inside_tanh_domain(targets)])
         return int((targets.abs() > self.config.bound).any(1).sum())
 
     def prepare_training(self, preprocessor: Any, train_set: tuple[Tensor, ...], val_set: tuple[Tensor, ...],
                          log: Callable[[str], None]) -> dict[str, Any]:
-        """Count (and log) the rows the final tanh cannot represent; the trainer records them in meta.json."""
-        if not self.final_tanh:
-            return {}
-        return {"rows_outside_tanh_domain": count_outside_tanh(preprocessor, train_set, val_set, log)}
+        """Count (and log) the training rows the flow cannot model; the trainer records them in meta.json.
+
+        ``rows_outside_spline_domain``: targets beyond ``model.bound`` (an RQS flow is the identity there);
+        ``rows_outside_tanh_domain``: with a final tanh, scaled targets outside (-1, 1), per split and column.
+        A grouped model records each member's counts with the group's name appended to the key.
+        """
+        info: dict[str, Any] = {}
+        if self.config.transform == "rqs":
+            outside = self.outside_domain(train_set[0])
+            if outside:
+                log(f"warning: {outside} training row(s) have targets outside the flow's spline domain (model.bound = "
+                    f"{self.config.bound}); the flow is the identity there. Consider a larger model.bound.")
+            info["rows_outside_spline_domain"] = outside
+        if self.final_tanh:
+            info["rows_outside_tanh_domain"] = count_outside_tanh(preprocessor, train_set, val_set, log)
+        return info
 
     def _base_log_prob(self, u: Tensor, conditions: Tensor) -> Tensor:
         if self._stack is not None:  # same function, one batched pass over the blocks
