@@ -34,3 +34,46 @@ def test_onnx_sampler_agrees_with_torch(tmp_path: Path, toy_file: Path, family: 
     assert np.allclose(onnx_out, torch_out, rtol=1e-4, atol=1e-3)
     meta = {p.key: p.value for p in __import__("onnx").load(str(out)).metadata_props}
     assert meta["detgen.input_columns"] == '["species", "p", "theta", "nhits"]'
+
+
+def test_one_group_exports_alone_and_equals_the_full_sampler(tmp_path: Path, toy_file: Path) -> None:
+    raw = toy_config(model={"family": "flow", "blocks": 2, "hidden": [16, 16]})
+    run_dir = train(config_from_dict(raw), toy_file, tmp_path / "run", epochs=1, progress=False, log=lambda _: None)
+    run = load_run(run_dir)
+    groups = run.preprocessor.group["categories"]
+    table = toy_table(600, seed=5)
+    c = torch.from_numpy(run.preprocessor.condition_array(table, source="t")).float()
+    z = torch.randn(600, 1)
+    with torch.no_grad():
+        full = run.sampler()(z, c).numpy()
+    outputs = []
+    for code, group in enumerate(groups):
+        out = tmp_path / f"{group}.onnx"
+        assert export_onnx(run_dir, out, group=group)["max_rel_diff"] < 1e-3
+        meta = {p.key: p.value for p in __import__("onnx").load(str(out)).metadata_props}
+        assert meta["detgen.input_columns"] == '["p", "theta", "nhits"]'
+        assert meta["detgen.group"] == f'{{"species": "{group}"}}'
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        (member_out,) = session.run(None, {"noise": z.numpy(), "conditions": c[:, 1:].numpy()})
+        rows = (c[:, 0] == code).numpy()
+        assert rows.any()
+        # the member's graph reproduces the full sampler on that group's rows ...
+        assert np.allclose(member_out[rows], full[rows], rtol=1e-4, atol=1e-3)
+        outputs.append(member_out)
+    # ... and the members differ from each other (each file is its own species)
+    assert not np.allclose(outputs[0], outputs[1], atol=1e-3)
+
+
+def test_group_export_refuses_unknown_groups_and_ungrouped_runs(tmp_path: Path, toy_file: Path) -> None:
+    from detgen.errors import DetgenError
+
+    grouped = train(config_from_dict(toy_config(model={"family": "flow", "blocks": 1, "hidden": [8]})), toy_file,
+                    tmp_path / "g", epochs=1, progress=False, log=lambda _: None)
+    with pytest.raises(DetgenError, match="no such group.*expected one of"):
+        export_onnx(grouped, tmp_path / "x.onnx", group="electron")
+    raw = toy_config(model={"family": "flow", "blocks": 1, "hidden": [8]})
+    raw["data"] = {**raw["data"], "group_by": None, "select": {"species": ["pi+"]}}
+    plain = train(config_from_dict(raw), toy_file, tmp_path / "p", epochs=1, progress=False, log=lambda _: None)
+    with pytest.raises(DetgenError, match="not grouped"):
+        export_onnx(plain, tmp_path / "y.onnx", group="pi+")
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()

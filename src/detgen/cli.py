@@ -102,7 +102,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from detgen.export import export_onnx
 
-    check = export_onnx(args.run_dir, args.output)
+    check = export_onnx(args.run_dir, args.output, group=args.group)
     print(f"wrote {args.output}; onnxruntime vs torch on {check['rows']} rows: "
           f"max abs diff {check['max_abs_diff']:.2e}, max rel diff {check['max_rel_diff']:.2e}")
 
@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("export", help="export the sampler graph to ONNX")
     p.add_argument("run_dir")
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--group", help="export one member of a grouped run (e.g. a species): its graph takes the "
+                                   "conditions without the group column and evaluates only that member")
     p.set_defaults(func=cmd_export)
     return parser
 

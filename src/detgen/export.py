@@ -3,6 +3,10 @@
 The exported graph has inputs ``noise`` (N, noise_dim) and ``conditions`` (N, n_inputs) in physical units
 (label columns as integer codes, in the order stored in the graph's metadata) and output ``targets``
 (N, n_targets) in physical units. After export, onnxruntime runs the file and its output is compared with torch's.
+
+A grouped model (one member per species, ``data.group_by``) exports as one graph that evaluates every member
+per row and selects by the code (a static graph), i.e. N_groups times the compute; ``group=NAME`` exports one
+member alone, whose graph takes the conditions without the group column.
 """
 
 from __future__ import annotations
@@ -20,11 +24,42 @@ from detgen.files import atomic_path
 from detgen.runs import load_run
 
 
-def _example_conditions(run: Any, n: int, generator: torch.Generator) -> torch.Tensor:
-    """Conditions spread over the training range (codes for label columns)."""
+class GroupMemberSampler(torch.nn.Module):
+    """One member of a grouped run's sampler: ``forward(noise, conditions without the group column)``.
+
+    Equals the full sampler with the group code set to ``code`` (tested), but evaluates only that member.
+    """
+
+    def __init__(self, sampler: Any, code: int):
+        super().__init__()
+        self.preprocessor = sampler.preprocessor
+        self.member = sampler.generator.members[code]
+        self.code = code
+        self.noise_dim = sampler.noise_dim
+
+    def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        full = torch.cat([torch.full_like(conditions[:, :1], float(self.code)), conditions], dim=1)
+        encoded = self.preprocessor.encode_conditions(full)
+        return self.preprocessor.decode_targets(self.member(noise, encoded[:, 1:]), full)
+
+
+def group_member_sampler(run: Any, group: str) -> GroupMemberSampler:
+    """The sampler of ``group``'s member of a grouped run (DetgenError naming the run and the valid groups)."""
+    p = run.preprocessor
+    if not p.group:
+        raise DetgenError(f"{run.path}: --group {group}: this run is not grouped (no data.group_by); export it whole")
+    categories = list(p.group["categories"])
+    if group not in categories:
+        raise DetgenError(f"{run.path}: --group {group}: no such group in column {p.group['column']!r}; "
+                          f"expected one of {categories}")
+    return GroupMemberSampler(run.sampler(), categories.index(group)).eval()
+
+
+def _example_conditions(run: Any, n: int, generator: torch.Generator, *, skip_group: bool = False) -> torch.Tensor:
+    """Conditions spread over the training range (codes for label columns); without the group column if asked."""
     p = run.preprocessor
     columns = []
-    for name in p.input_columns:
+    for name in p.input_columns[1:] if skip_group else p.input_columns:
         cats = p.categories.get(name)
         if cats is not None:
             columns.append(torch.randint(len(cats), (n,), generator=generator).float())
@@ -36,18 +71,22 @@ def _example_conditions(run: Any, n: int, generator: torch.Generator) -> torch.T
 
 
 def export_onnx(
-    run_dir: str | Path, out: str | Path, *, opset: int = 18, check_rows: int = 4096, tolerance: float = 1e-3
+    run_dir: str | Path, out: str | Path, *, opset: int = 18, check_rows: int = 4096, tolerance: float = 1e-3,
+    group: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``out`` (.onnx) and return the agreement check {max_abs_diff, max_rel_diff, rows}."""
+    """Write ``out`` (.onnx) and return the agreement check {max_abs_diff, max_rel_diff, rows}.
+
+    ``group``: export only that member of a grouped run (its graph takes the conditions without the group column).
+    """
     try:
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise DetgenError("export needs onnxruntime and onnx: pip install 'detgen[export]'") from exc
     run = load_run(run_dir)
-    sampler = run.sampler()
+    sampler = run.sampler() if group is None else group_member_sampler(run, group)
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(check_rows, sampler.noise_dim, generator=gen)
-    conditions = _example_conditions(run, check_rows, gen)
+    conditions = _example_conditions(run, check_rows, gen, skip_group=group is not None)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, suffix=".onnx") as temporary:
@@ -63,7 +102,7 @@ def export_onnx(
                 dynamic_axes={"noise": {0: "batch"}, "conditions": {0: "batch"}, "targets": {0: "batch"}},
                 opset_version=opset, dynamo=False,
             )
-        _attach_metadata(tmp, run)
+        _attach_metadata(tmp, run, group)
         session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         (onnx_out,) = session.run(None, {"noise": noise.numpy(), "conditions": conditions.numpy()})
         with torch.no_grad():
@@ -80,18 +119,20 @@ def export_onnx(
     return check
 
 
-def _attach_metadata(path: str, run: Any) -> None:
+def _attach_metadata(path: str, run: Any, group: str | None = None) -> None:
     import onnx
 
     model = onnx.load(path)
     p = run.preprocessor
     entries = {
-        "detgen.input_columns": json.dumps(p.input_columns),
+        "detgen.input_columns": json.dumps(p.input_columns if group is None else p.input_columns[1:]),
         "detgen.target_columns": json.dumps(p.target_columns),
         "detgen.target_shapes": json.dumps(p.target_shapes),  # image columns are flattened in the output
         "detgen.categories": json.dumps(p.categories),
         "detgen.noise": "standard normal, shape (N, noise_dim)",
     }
+    if group is not None:
+        entries["detgen.group"] = json.dumps({p.group["column"]: group})
     for key, value in entries.items():
         prop = model.metadata_props.add()
         prop.key, prop.value = key, value
