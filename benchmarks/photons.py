@@ -119,7 +119,7 @@ def scenario_step(name: str, truth: dict[str, np.ndarray], args: argparse.Namesp
         reference = {**test_truth, **smear_photons(test_truth, scenario=scenario, rho=rho, rng=args.seed + 99)}
         entry["reference"] = summary(validate_photons(test_truth, reference, folder / "report_reference",
                                                       label_generated="reference", make_figures=False))
-    for model in MODELS:
+    for model in args.models:
         if model in entry:
             continue
         run_dir = folder / f"run_{model}"
@@ -167,7 +167,7 @@ def independent_test_step(name: str, args: argparse.Namespace, results: dict[str
         entry["reference"] = summary(validate_photons(test_truth, reference, folder / f"report_reference_test{n}",
                                                       label_generated="reference", make_figures=False))
         save(args, results)
-    for model in MODELS:
+    for model in args.models:
         if model in entry:
             continue
         generated = folder / f"generated_{model}_test{n}.parquet"
@@ -281,6 +281,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a crowded machine)")
     parser.add_argument("--remeasure-throughput", action="store_true",
                         help="measure the throughput again (finished scenarios are reused from results.json)")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="comma-separated subset of " + ",".join(MODELS) + " to train and validate")
     parser.add_argument("--test-events", type=int, default=0,
                         help="also validate every trained model on an independent truth of this many events")
     parser.add_argument("--quick", action="store_true", help="20k events, 3 + 2 epochs, baseline and asymmetric")
@@ -289,6 +291,9 @@ def main() -> None:
         args.n, args.epochs, args.student_epochs = 20_000, 3, 2
         args.scenarios = "baseline,asymmetric"
         args.throughput_rows = min(args.throughput_rows, 20_000)
+    args.models = args.models.split(",")
+    if any(m not in MODELS for m in args.models) or ("student" in args.models and "cnf" not in args.models):
+        parser.error(f"--models: expected names from {', '.join(MODELS)} (the student needs the cnf)")
     names = args.scenarios.split(",")
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown:
@@ -298,7 +303,8 @@ def main() -> None:
     results_path = args.out / "results.json"
     results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.update(command="python benchmarks/photons.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("quick", "progress")),
+        f"--{k.replace('_', '-')} {','.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()
+        if k not in ("quick", "progress")),
         machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                 f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
         uptime_start=_load_average())
@@ -306,7 +312,8 @@ def main() -> None:
     save(args, results)
     for name in names:
         scenario_step(name, truth, args, results)
-        if name == args.throughput_scenario and ("events_per_second" not in results or args.remeasure_throughput):
+        measure = "events_per_second" not in results or args.remeasure_throughput
+        if name == args.throughput_scenario and measure and set(MODELS) <= set(args.models):
             throughput_step(args, results)
             save(args, results)
         if args.test_events:
