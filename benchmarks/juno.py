@@ -3,11 +3,17 @@
     python benchmarks/juno.py --out bench_out/juno [--quick]
 
 1. simulate 1 MeV point deposits (uniform R) for training and an independent test set (reference transport);
-2. train NN_npe and NN_time (configs/juno_npe.yaml, configs/juno_time.yaml) once per loss (--losses), and the
-   conditional flows (configs/juno_npe_flow.yaml on dequantised npe, configs/juno_time_flow.yaml); score each
-   pair by simulating the test events straight from the networks (npe from NN_npe per PMT, one NN_time draw
-   per p.e.) and validating against the reference (detgen.validation.juno.validate_juno);
-3. tabulate the winners (lowest mean separation power per (R, theta) bin of npe, and of first-hit time) with
+2. train NN_npe and NN_time (configs/juno_npe.yaml, configs/juno_time.yaml) once per loss (--losses, "" for
+   none), and the conditional flows (configs/juno_npe_flow.yaml on dequantised npe, configs/juno_time_flow.yaml)
+   with the small comparison settings (train_rows, epochs), on the training events; then the pair "full":
+   NN_npe as a Poisson mean (configs/juno_npe_poisson.yaml) and the time flow (configs/juno_time_flow.yaml) with
+   their configs' rows and epochs, on the training events plus ``poisson_events`` (R uniform) and
+   ``edge_events`` (R on ``edge_range_m``) more, pmt rows grouped by ``group_size`` PMTs of neighbouring theta
+   (juno.group_pmt_rows), all hits kept (points_grouped.h5); score each pair by simulating the test events straight from the networks (npe from
+   NN_npe per PMT, one NN_time draw per p.e.) and validating against the reference
+   (detgen.validation.juno.validate_juno);
+3. tabulate a pair (--table-pair: by default "full,full", the Poisson NN_npe and the time flow of
+   configs/juno_muon.yaml; or the lowest mean separation power per (R, theta) bin of npe and of first-hit time) with
    the juno_muon family (configs/juno_muon.yaml) and check the table against the networks
    (same test events, from the table);
 4. 1 MeV gammas at Z = 0, 5, 10, 15, 17 m: reference versus fast simulation;
@@ -37,7 +43,14 @@ from detgen.config import config_from_dict
 from detgen.generation import generate
 from detgen.io import read_table, write_table
 from detgen.runs import load_run
-from detgen.simulators.juno import NO_HIT_TIME_NS, simulate_muons, simulate_points, write_point_tables
+from detgen.simulators.juno import (
+    NO_HIT_TIME_NS,
+    group_pmt_rows,
+    simulate_muons,
+    simulate_point_batches,
+    simulate_points,
+    write_point_tables,
+)
 from detgen.simulators.juno_fast import add_dequantized_counts
 from detgen.training import train
 from detgen.validation.juno import validate_juno
@@ -57,6 +70,14 @@ class Settings:
     muons: int = 6
     train_rows: int = 200_000
     epochs: int = 3
+    # more point events for the Poisson NN_npe and the time flow (pmt rows grouped by group_size): R uniform on
+    # 0-17.7 m, and edge_events more with R uniform on edge_range_m, where the response changes fastest
+    poisson_events: int = 1000
+    edge_events: int = 1000
+    edge_range_m: tuple[float, float] = (13.0, 17.7)
+    group_size: int = 14
+    full_rows: int | None = None  # rows / epochs of the Poisson NN_npe and the time flow (None: their configs')
+    full_epochs: int | None = None
     r_nodes: int = 60
     theta_nodes: int = 91
     noise_draws: int = 256
@@ -64,15 +85,48 @@ class Settings:
 
 
 QUICK = Settings(train_events=40, test_events=120, gamma_events=25, muons=2, train_rows=60_000, epochs=1,
-                 r_nodes=24, theta_nodes=31, noise_draws=64, steps_m=(0.5,))
+                 poisson_events=40, edge_events=40, full_rows=60_000, full_epochs=1, r_nodes=24, theta_nodes=31, noise_draws=64, steps_m=(0.5,))
 
 
-def config(name: str, settings: Settings, **model: Any) -> Any:
+def config(name: str, settings: Settings, *, full: bool = False, **model: Any) -> Any:
+    """A config of configs/ with the loss comparison's rows and epochs, or (``full``) its own (unless
+    ``settings.full_rows`` / ``full_epochs`` override them)."""
     raw = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-    raw["data"]["max_train_rows"] = settings.train_rows
-    raw["training"]["epochs"] = settings.epochs
+    if full:
+        raw["data"]["max_train_rows"] = settings.full_rows or raw["data"]["max_train_rows"]
+        raw["training"]["epochs"] = settings.full_epochs or raw["training"]["epochs"]
+    else:
+        raw["data"]["max_train_rows"] = settings.train_rows
+        raw["training"]["epochs"] = settings.epochs
     raw["model"].update(model)
     return config_from_dict(raw, source=name)
+
+
+def grouped_points(path: Path, train_tables: dict[str, dict[str, np.ndarray]], settings: Settings, seed: int
+                   ) -> dict[str, float]:
+    """The Poisson NN_npe / time flow training file: the training events, ``poisson_events`` more (seed
+    ``[seed, batch]``) and ``edge_events`` with R on ``edge_range_m`` (seed ``[seed + 1, batch]``), pmt rows
+    grouped by ``group_size`` PMTs (``group_pmt_rows``), every hit kept."""
+    hit_columns = ("event", "pmt", "r_m", "theta", "time_ns")
+    tic = time.perf_counter()
+
+    def batches() -> Any:
+        yield {"pmt": group_pmt_rows(train_tables["pmt"], settings.group_size),
+               "hits": {k: np.asarray(train_tables["hits"][k]) for k in hit_columns}}
+        offset = int(np.max(train_tables["pmt"]["event"])) + 1
+        for n, r_range, part_seed in ((settings.poisson_events, (0.0, 17.7), seed),
+                                      (settings.edge_events, settings.edge_range_m, seed + 1)):
+            for tables in simulate_point_batches(n, batch_events=200, r_range_m=r_range, seed=part_seed):
+                grouped = group_pmt_rows(tables["pmt"], settings.group_size)
+                grouped["event"] = grouped["event"] + offset
+                hits = {k: np.asarray(tables["hits"][k]) for k in hit_columns}
+                hits["event"] = (hits["event"] + offset).astype(train_tables["hits"]["event"].dtype)
+                yield {"pmt": grouped, "hits": hits}
+            offset += n
+
+    rows = write_point_tables(path, batches())
+    return {"events": settings.train_events + settings.poisson_events + settings.edge_events, "rows": rows,
+            "seconds": round(time.perf_counter() - tic, 1)}
 
 
 @torch.no_grad()
@@ -113,9 +167,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench_out/juno")
     parser.add_argument("--quick", action="store_true", help="a few minutes: tiny data, one epoch, 2 muons")
-    parser.add_argument("--losses", default="energy,mmd", help="two-sample losses to compare")
+    parser.add_argument("--losses", default="energy,mmd", help="two-sample losses to compare (\"\": none)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--table-pair", default="full,full", metavar="NPE,TIME",
+                        help="runs to tabulate after training (full = the Poisson NN_npe / time flow trained with their "
+                             "configs on the grouped data, as configs/juno_muon.yaml), or 'best': lowest mean "
+                             "separation power per (R, theta) bin")
     parser.add_argument("--reuse-runs", default=None, metavar="NPE,TIME",
                         help="skip training: tabulate the runs out/runs/npe_NPE and out/runs/time_TIME of an earlier "
                              "benchmark in --out (e.g. flow,flow) and run steps 3-5 only")
@@ -134,7 +192,8 @@ def main() -> None:
 
     if args.reuse_runs is not None:
         best_npe, best_time = args.reuse_runs.split(",")
-        runs = {f"npe_{best_npe}": out / "runs" / f"npe_{best_npe}", f"time_{best_time}": out / "runs" / f"time_{best_time}"}
+        runs = {f"npe_{best_npe}": out / "runs" / f"npe_{best_npe}",
+                f"time_{best_time}": out / "runs" / f"time_{best_time}"}
         test_tables, _ = simulate_points(settings.test_events, seed=args.seed + 1)
         results["winners"] = {"npe": best_npe, "time": best_time, "reused": True}
         shutil.rmtree(out / "runs" / "muon", ignore_errors=True)
@@ -157,11 +216,14 @@ def train_networks(args: Any, settings: Settings, out: Path, results: dict[str, 
     results["reference_points"] = {"events_per_s": info["events_per_s"], "pe_per_s": info["pe_per_s"],
                                    "seconds": round(time.perf_counter() - tic, 2)}
     log(f"point data: {settings.train_events} + {settings.test_events} events ({results['reference_points']})")
+    results["grouped_points"] = grouped_points(out / "points_grouped.h5", train_tables, settings, seed=args.seed + 10)
+    log(f"grouped point data for the Poisson NN_npe and the time flow: {results['grouped_points']}")
 
     # 2. networks: each loss, and the flow --------------------------------------------------------------
     runs: dict[str, Path] = {}
     networks: dict[str, Any] = {}
-    for loss in args.losses.split(","):
+    losses = [loss for loss in args.losses.split(",") if loss]
+    for loss in losses:
         for what in ("npe", "time"):
             name = f"{what}_{loss}"
             tic = time.perf_counter()
@@ -184,7 +246,20 @@ def train_networks(args: Any, settings: Settings, out: Path, results: dict[str, 
                             out / "report_networks_flow", make_figures=False)
     networks["npe_flow"].update(summary(metrics))
     log(f"flows (npe and time): {summary(metrics)}")
-    candidates = [*args.losses.split(","), "flow"]
+    # the pair "full": the Poisson-mean NN_npe and the time flow, each with its config's rows and epochs, on the
+    # grouped pmt rows / the hits of train_events + poisson_events events
+    for what, name in (("npe", "juno_npe_poisson"), ("time", "juno_time_flow")):
+        tic = time.perf_counter()
+        runs[f"{what}_full"] = train(config(name, settings, full=True), out / "points_grouped.h5",
+                                     out / "runs" / f"{what}_full", progress=False, log=lambda s: None)
+        networks[f"{what}_full"] = {"train_seconds": round(time.perf_counter() - tic, 1)}
+        log(f"trained {what}_full ({name}) in {networks[f'{what}_full']['train_seconds']} s")
+    metrics = validate_juno(test_tables, network_points(load_run(runs["npe_full"]), load_run(runs["time_full"]),
+                                                        test_tables, seed=3),
+                            out / "report_networks_full", make_figures=False)
+    networks["npe_full"].update(summary(metrics))
+    log(f"Poisson NN_npe and time flow (full): {summary(metrics)}")
+    candidates = [*losses, "flow", "full"]
 
     def score(name: str, key: str) -> float:  # lower is better; the pair's evaluation sits under npe_<name>
         value = networks[f"npe_{name}"].get(key, math.inf)
@@ -193,8 +268,12 @@ def train_networks(args: Any, settings: Settings, out: Path, results: dict[str, 
     best_npe = min(candidates, key=lambda c: score(c, "mean_separation_power_npe"))
     best_time = min(candidates, key=lambda c: score(c, "mean_separation_power_time"))
     results["networks"] = networks
+    results["winners_by_separation_power"] = {"npe": best_npe, "time": best_time}
+    log(f"lowest mean separation power: npe {best_npe}, time {best_time}")
+    if args.table_pair != "best":  # the tabulated pair (default: the Poisson NN_npe and the full time flow)
+        best_npe, best_time = args.table_pair.split(",")
     results["winners"] = {"npe": best_npe, "time": best_time}
-    log(f"winners: npe {best_npe}, time {best_time}")
+    log(f"tabulated: npe {best_npe}, time {best_time}")
     return test_tables, runs, best_npe, best_time
 
 

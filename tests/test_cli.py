@@ -115,3 +115,25 @@ def test_system_options_belong_to_the_system(tmp_path: Path, capsys) -> None:
 def test_simulate_rejects_non_positive_n(tmp_path: Path, capsys) -> None:
     line = one_line_error(capsys, ["simulate", "dedx", "--n", "0", "-o", str(tmp_path / "x.parquet")])
     assert "--n 0" in line and "positive" in line
+
+
+def test_simulate_juno_group_pmts_keeps_every_count(tmp_path: Path, capsys) -> None:
+    from detgen.io import read_table
+    from detgen.simulators.juno import DEFAULT_DETECTOR
+
+    plain, grouped = tmp_path / "plain.h5", tmp_path / "grouped.h5"
+    common = ["simulate", "juno", "--mode", "point", "--n", "2", "--seed", "3"]
+    assert detgen([*common, "-o", str(plain)]) == 0
+    assert detgen([*common, "--group-pmts", "14", "-o", str(grouped)]) == 0
+    per_pmt, summed = read_table(plain, key="pmt"), read_table(grouped, key="pmt")
+    assert len(summed["npe"]) == 2 * DEFAULT_DETECTOR.n_pmt // 14
+    for event in (0, 1):  # same events (same seed), every count kept: group means x 14 add up to the total
+        total = per_pmt["npe"][per_pmt["event"] == event].sum()
+        assert total > 0
+        assert summed["npe"][summed["event"] == event].sum() * 14 == pytest.approx(total, rel=1e-5)
+    # the hits are written unchanged
+    assert len(read_table(grouped, key="hits")["time_ns"]) == len(read_table(plain, key="hits")["time_ns"])
+    capsys.readouterr()  # the two runs' own output
+    line = one_line_error(capsys, [*common, "--group-pmts", "13", "-o", str(tmp_path / "bad.h5")])
+    assert "--group-pmts 13" in line and "divisor" in line
+    assert not (tmp_path / "bad.h5").exists()

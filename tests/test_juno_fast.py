@@ -98,15 +98,16 @@ def test_points_give_poisson_counts_and_tabulated_times() -> None:
 
 
 def test_pruning_is_exact_in_distribution() -> None:
-    """First-hit times and counts with pruning (1 candidate per PMT) match sampling every pair."""
+    """response_pairwise: first-hit times and counts with pruning (1 candidate per PMT) match sampling every pair."""
     tables = _known_tables()
     entry, direction = np.array([0.0, 5.0, 16.9]), np.array([0.3, -0.2, -1.0])
     results = {}
     for k in (1, 10_000):
         sim = FastMuonSimulator(tables, detector=SMALL, step_m=0.5, first_candidates=k)
         g = torch.Generator().manual_seed(7)
-        runs = [sim.muon(entry, direction / np.linalg.norm(direction), g) for _ in range(60)]
-        results[k] = (np.stack([r[0] for r in runs]), np.stack([r[1] for r in runs]))
+        deposits = sim.deposits(entry, direction / np.linalg.norm(direction))
+        runs = [sim.response_pairwise(*deposits, g) for _ in range(60)]
+        results[k] = (np.stack([r[0].numpy() for r in runs]), np.stack([r[1].numpy() for r in runs]))
     (npe_a, first_a), (npe_b, first_b) = results[1], results[10_000]
     assert npe_a.mean() == pytest.approx(npe_b.mean(), rel=0.02)
     hit = (npe_a > 0) & (npe_b > 0)
@@ -334,3 +335,162 @@ def test_tabulation_of_a_poisson_mean_network_uses_its_mean() -> None:
     real.model = NoiseMLP(n_targets=1, n_conditions=2, config=NoiseMLPConfig(hidden=[4]))
     assert poisson_mean_sampler(real) is None
     assert poisson_mean_sampler(_stub_run(_PoissonLike(), "npe")) is None
+
+
+# ---- the split sampler (FastMuonSimulator.response) and its factorised table lookups
+def _exact_interpolation(table: np.ndarray, r: np.ndarray, theta: np.ndarray, z: np.ndarray | None = None
+                         ) -> np.ndarray:
+    """Float64 (bi/tri)linear interpolation of a (R, theta[, Q]) table at (s(R), theta[, z]), border-clamped."""
+    from detgen.simulators.juno_fast import r_to_s
+
+    def split(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.clip(x, 0, n - 1)
+        i = np.minimum(np.floor(x), n - 2).astype(int)
+        return i, x - i
+
+    i, a = split(r_to_s(r.astype(np.float64), 17.7) * (table.shape[0] - 1), table.shape[0])
+    j, b = split(theta.astype(np.float64) / math.pi * (table.shape[1] - 1), table.shape[1])
+    t = table.astype(np.float64)
+    if z is None:
+        corner = lambda di, dj: t[i + di, j + dj]  # noqa: E731
+    else:
+        k, c = split((z.astype(np.float64) + QUANTILE_Z_MAX) / (2 * QUANTILE_Z_MAX) * (table.shape[2] - 1),
+                     table.shape[2])
+        corner = lambda di, dj: t[i + di, j + dj, k] * (1 - c) + t[i + di, j + dj, k + 1] * c  # noqa: E731
+    return ((1 - a) * ((1 - b) * corner(0, 0) + b * corner(0, 1)) + a * ((1 - b) * corner(1, 0) + b * corner(1, 1)))
+
+
+def test_deposit_rows_equal_the_bilinear_interpolation() -> None:
+    """The per-deposit (gather) lookups give the exact (float64) bilinear / trilinear interpolation of the
+    tables, and grid_sample's (lookup, time_quantile), to float32 rounding of the theta coordinate (x up to 90
+    bins has an ulp of 7.6e-6 bins): 5e-6 of the table's scale, where a wrong node or weight errs by ~1e-2."""
+    from scipy.special import ndtri
+
+    tol = 5e-6
+    g = np.random.default_rng(3)
+    tables = _known_tables()
+    tables.time_quantiles.add_(torch.from_numpy(g.normal(0, 0.5, tables.time_quantiles.shape)).float().cumsum(-1).abs())
+    tables.npe_per_mev.mul_(torch.from_numpy(g.uniform(0.5, 1.5, tables.npe_per_mev.shape)).float())
+    r = torch.from_numpy(np.concatenate([[0.0, 17.7], g.uniform(0, 17.7, 30)])).float()
+    cos = torch.from_numpy(np.concatenate([[1.0, -1.0], g.uniform(-1, 1, 400)])).float()
+    rows = tables.deposit_rows(r)
+    index, weight = rows.theta_bin(cos[None, :].expand(len(r), -1).contiguous())
+    theta = torch.acos(cos)[None, :].expand(len(r), -1)
+    rr = r[:, None].expand_as(theta)
+    npe_scale, time_scale = float(tables.npe_per_mev.abs().max()), float(tables.time_quantiles.abs().max())
+    exact = _exact_interpolation(tables.npe_per_mev.numpy(), rr.numpy(), theta.numpy())
+    got = rows.npe_per_mev(index, weight).numpy()
+    np.testing.assert_allclose(got, exact, rtol=0, atol=tol * npe_scale)
+    np.testing.assert_allclose(got, tables.lookup(rr, theta)[0].numpy(), rtol=0, atol=tol * npe_scale)
+    n_q = tables.time_quantiles.shape[-1]
+    for node in (0, 17, n_q - 1):
+        z = np.full(theta.shape, -QUANTILE_Z_MAX + node * 2 * QUANTILE_Z_MAX / (n_q - 1))
+        got = rows.time_at_node(index, weight, torch.tensor(node, dtype=torch.int32)).numpy()
+        exact = _exact_interpolation(tables.time_quantiles.numpy(), rr.numpy(), theta.numpy(), z)
+        np.testing.assert_allclose(got, exact, rtol=0, atol=tol * time_scale)
+    u = g.uniform(1e-7, 1 - 1e-7, theta.shape)  # float64 quantile levels, clamped tails included
+    z = ndtri(u)
+    at_z = rows.time_at(index.reshape(-1), weight.reshape(-1), torch.from_numpy(z).reshape(-1)).reshape(theta.shape)
+    exact = _exact_interpolation(tables.time_quantiles.numpy(), rr.numpy(), theta.numpy(), z)
+    np.testing.assert_allclose(at_z.numpy(), exact, rtol=0, atol=tol * time_scale)
+    grid = tables.time_quantile(rr, theta, torch.from_numpy(z).float()).numpy()
+    np.testing.assert_allclose(at_z.numpy(), grid, rtol=0, atol=tol * time_scale)
+
+
+def test_inverse_cdf_draws_rows_in_proportion_to_their_increments() -> None:
+    from detgen.simulators.juno_fast import _inverse_cdf
+
+    g = np.random.default_rng(0)
+    for n_rows in (1, 2, 5, 54, 64, 65):
+        increments = g.uniform(0, 2, (n_rows, 7)) * (g.random((n_rows, 7)) > 0.3)  # some rows of zero mass
+        increments[0] = 0.0  # a first row of zero mass
+        increments[-1] += 0.5  # every column has some mass
+        cumulative = torch.from_numpy(np.cumsum(increments, axis=0))
+        column = torch.from_numpy(g.integers(0, 7, 5000))
+        value = torch.from_numpy(g.random(5000)) * cumulative[-1].index_select(0, column)
+        flat = _inverse_cdf(cumulative, column, value).numpy()
+        np.testing.assert_array_equal(flat % 7, column.numpy())
+        row = flat // 7
+        # the same as numpy's searchsorted (side right) column by column, and never a row of zero mass
+        expected = np.array([np.searchsorted(cumulative[:, c].numpy(), v, side="right")
+                             for c, v in zip(column.numpy(), value.numpy())])
+        np.testing.assert_array_equal(row, expected)
+        assert (increments[row, column.numpy()] > 0).all()
+
+
+def _every_pe(sim: FastMuonSimulator, deposits: tuple[Tensor, Tensor, Tensor], generator: torch.Generator
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force with grid_sample lookups: every p.e. of every (PMT, deposit) pair gets its own hit time."""
+    positions, energies, times = deposits
+    r = positions.norm(dim=1)
+    theta = torch.acos((sim.pmt_unit @ (positions / r[:, None]).t()).clamp(-1, 1))  # (P, M)
+    rr = r[None, :].expand_as(theta)
+    per_mev, _ = sim.tables.lookup(rr, theta)
+    counts = torch.poisson((per_mev.clamp_min(0) * energies).contiguous(), generator).long()
+    pair = torch.repeat_interleave(torch.arange(counts.numel()), counts.reshape(-1))
+    z = torch.randn(pair.shape, generator=generator)
+    t = sim.tables.time_quantile(rr.reshape(-1)[pair], theta.reshape(-1)[pair], z) + times[pair % len(r)]
+    first = torch.full((theta.shape[0],), math.inf).scatter_reduce(0, pair // len(r), t, reduce="amin")
+    npe = counts.sum(1)
+    return npe.numpy(), torch.where(npe > 0, first, torch.full_like(first, -1.0)).numpy()
+
+
+@pytest.mark.parametrize("early_pe", [None, 0.3, 40.0])
+def test_split_sampler_matches_every_pe_brute_force(early_pe: float | None) -> None:
+    """Counts and first-hit times of response (any early_pe: few early p.e. and many late pairs, or the
+    reverse) have the law of sampling every single p.e.: Poisson counts, the same first-hit distribution
+    (two-sample KS over PMTs and repeats) and the same count / first-hit correlation."""
+    from scipy.stats import ks_2samp
+
+    tables = _known_tables()
+    sim = FastMuonSimulator(tables, detector=SMALL, step_m=0.5, early_pe=early_pe)
+    entry, direction = np.array([0.0, 5.0, 16.9]), np.array([0.3, -0.2, -1.0])
+    deposits = sim.deposits(entry, direction / np.linalg.norm(direction))
+    g = torch.Generator().manual_seed(11)
+    fast = [sim.response(*deposits, g) for _ in range(40)]
+    npe_f = np.stack([f[0].numpy() for f in fast]).astype(np.int64)
+    first_f = np.stack([f[1].numpy() for f in fast])
+    brute = [_every_pe(sim, deposits, g) for _ in range(40)]
+    npe_b, first_b = np.stack([b[0] for b in brute]), np.stack([b[1] for b in brute])
+    assert npe_f.mean() == pytest.approx(npe_b.mean(), rel=0.01)
+    assert npe_f.var(axis=0).mean() == pytest.approx(npe_f.mean(axis=0).mean(), rel=0.15)  # Poisson per PMT
+    assert ((first_f == -1) == (npe_f == 0)).all()
+    hit_f, hit_b = first_f[npe_f > 0], first_b[npe_b > 0]
+    assert ks_2samp(hit_f, hit_b).pvalue > 1e-3
+    assert hit_f.mean() == pytest.approx(hit_b.mean(), abs=0.1)
+    # per PMT, the first hit minus its mean over repeats (removes geometry): spread and tail agree
+    dev_f = first_f - first_f.mean(0)
+    dev_b = first_b - first_b.mean(0)
+    assert dev_f.std() == pytest.approx(dev_b.std(), rel=0.05)
+    assert np.corrcoef(npe_f.ravel(), dev_f.ravel())[0, 1] == pytest.approx(
+        np.corrcoef(npe_b.ravel(), dev_b.ravel())[0, 1], abs=0.05)
+
+
+def test_split_sampler_counts_and_times_at_low_light() -> None:
+    """Low light (mean ~1 p.e. per PMT): PMTs without p.e., the clamped quantile tails and the late pairs
+    of PMTs with no early p.e. all happen; the law still matches brute force."""
+    tables = _known_tables()
+    tables.npe_per_mev.mul_(0.004)
+    sim = FastMuonSimulator(tables, detector=SMALL, step_m=0.5)
+    entry, direction = np.array([0.0, 5.0, 16.9]), np.array([0.3, -0.2, -1.0])
+    deposits = sim.deposits(entry, direction / np.linalg.norm(direction))
+    g = torch.Generator().manual_seed(5)
+    fast = [sim.response(*deposits, g) for _ in range(200)]
+    brute = [_every_pe(sim, deposits, g) for _ in range(200)]
+    npe_f = np.stack([f[0].numpy() for f in fast])
+    npe_b = np.stack([b[0] for b in brute])
+    assert 0.5 < npe_b.mean() < 2.0
+    assert (npe_f == 0).mean() == pytest.approx((npe_b == 0).mean(), abs=0.01)
+    first_f = np.stack([f[1].numpy() for f in fast])[npe_f > 0]
+    first_b = np.stack([b[1] for b in brute])[npe_b > 0]
+    assert np.median(first_f) == pytest.approx(np.median(first_b), abs=0.3)
+    assert first_f.mean() == pytest.approx(first_b.mean(), abs=0.3)
+
+
+def test_non_monotone_time_table_is_refused() -> None:
+    tables = _known_tables()
+    tables.time_quantiles[3, 4, 10] += 100.0
+    with pytest.raises(DataError, match="non-decreasing"):
+        FastMuonSimulator(tables, detector=SMALL)
+    with pytest.raises(DataError, match="early_pe"):
+        FastMuonSimulator(_known_tables(), detector=SMALL, early_pe=0.0)

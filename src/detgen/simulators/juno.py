@@ -907,6 +907,44 @@ CLI_HELP = ("JUNO central detector, photon-by-photon optical transport: point de
             "(--mode point: HDF5 groups pmt and hits) or cosmic muons (--mode muon)")
 
 
+def group_pmt_rows(pmt_table: dict[str, np.ndarray], group_size: int) -> dict[str, np.ndarray]:
+    """Point-mode pmt rows summed in groups of ``group_size`` PMTs of one event with neighbouring theta.
+
+    For a Poisson-mean NN_npe (``loss: poisson``) the training information of an event is in the counts per
+    (R, theta); within a group of PMTs of one event sorted by theta, the summed Poisson NLL
+    sum_i [lambda(theta_i) - n_i log lambda(theta_i)] equals group_size x [lambda(theta_bar) - n_bar log
+    lambda(theta_bar)] up to the curvature of lambda over the group's theta range (second order; a group of 14
+    of the 17,612 PMTs spans < 0.06 rad at theta ~ 0 and ~0.002 rad at pi/2). So a row per group (``theta`` the
+    group's mean, ``npe`` its mean count, float) gives the same Poisson fit with ``group_size`` times fewer rows:
+    more events for the same training cost. Groups have equal size (equal weights); every row is used (DataError
+    if an event's PMT count is not a multiple of ``group_size``). Returns columns event, r_m, theta, npe, n_pmt.
+    """
+    event = np.asarray(pmt_table["event"])
+    if group_size < 1:
+        raise DataError(f"group_size = {group_size}; expected a positive number of PMTs per group")
+    if len(event) and np.any(np.diff(event) < 0):
+        raise DataError("pmt table: rows must be ordered by event (as detgen simulate juno --mode point writes them)")
+    starts = np.flatnonzero(np.r_[True, event[1:] != event[:-1]]) if len(event) else np.zeros(0, dtype=np.int64)
+    sizes = np.diff(np.r_[starts, len(event)])
+    if len(sizes) and (np.any(sizes != sizes[0]) or sizes[0] % group_size):
+        raise DataError(f"pmt table: events have {sorted(set(sizes.tolist()))[:3]} PMT rows; group_size "
+                        f"{group_size} must divide the PMT count of every event")
+    n_events = len(sizes)
+    per_event = int(sizes[0]) if n_events else 0
+    theta = np.asarray(pmt_table["theta"], dtype=np.float64).reshape(n_events, per_event)
+    order = np.argsort(theta, axis=1, kind="stable")
+    shape = (n_events, per_event // max(group_size, 1), group_size)
+    sorted_theta = np.take_along_axis(theta, order, axis=1).reshape(shape)
+    npe = np.take_along_axis(np.asarray(pmt_table["npe"], dtype=np.float64).reshape(n_events, per_event), order,
+                             axis=1).reshape(shape)
+    r = np.asarray(pmt_table["r_m"], dtype=np.float64).reshape(n_events, per_event)[:, :1]
+    return {"event": np.repeat(event[starts], shape[1]).astype(np.int64),
+            "r_m": np.repeat(r, shape[1], axis=1).reshape(-1).astype(np.float32),
+            "theta": sorted_theta.mean(axis=2).reshape(-1).astype(np.float32),
+            "npe": npe.mean(axis=2).reshape(-1).astype(np.float32),
+            "n_pmt": np.full(n_events * shape[1], group_size, dtype=np.int32)}
+
+
 def add_cli_arguments(parser: Any) -> None:
     """Options of ``detgen simulate juno`` beyond the common --n, --seed, -o."""
     parser.add_argument("--mode", choices=("point", "muon"), default="point",
@@ -919,6 +957,10 @@ def add_cli_arguments(parser: Any) -> None:
                         help="point mode: comma-separated radii (m) used in turn instead of a uniform R")
     parser.add_argument("--batch-events", type=int, default=500,
                         help="point mode: events simulated and written at a time (memory ~1 GB per 500 events)")
+    parser.add_argument("--group-pmts", type=int, default=0,
+                        help="point mode: write the pmt table as rows of this many PMTs of one event with "
+                             "neighbouring theta summed (training data for the Poisson NN_npe, e.g. 14; "
+                             "not for validate, which needs one row per PMT); 0: one row per PMT")
     parser.add_argument("--step-m", type=float, default=0.1, help="muon mode: track step length (m)")
 
 
@@ -936,6 +978,13 @@ def simulate_cli(args: Any, *, progress: bool) -> tuple[Any, dict[str, Any]]:
     batches = simulate_point_batches(args.n, batch_events=args.batch_events, r_range_m=(args.r_min, args.r_max),
                                      r_values_m=r_values, energy_mev=args.energy_mev, seed=args.seed,
                                      progress=progress, info=info)
+    if args.group_pmts:
+        if args.group_pmts < 0 or DEFAULT_DETECTOR.n_pmt % args.group_pmts:
+            raise DataError(f"--group-pmts {args.group_pmts}: expected a positive divisor of the "
+                            f"{DEFAULT_DETECTOR.n_pmt} PMTs (e.g. 14), or 0")
+        size = args.group_pmts
+        batches = ({**tables, "pmt": group_pmt_rows(tables["pmt"], size)} for tables in batches)
+        info["pmt_rows_grouped_by"] = size
     return _PointBatches(batches), info
 
 
