@@ -205,3 +205,42 @@ def test_poisson_ignores_noise_in_the_mean_and_config_errors() -> None:
     base["data"]["transforms"] = {"npe": "standard"}  # type: ignore[index]
     with pytest.raises(ConfigError, match="data.transforms.npe"):
         config_from_dict(base)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_poisson_scale_is_refitted_exactly_after_training(tmp_path: Path, split: bool) -> None:
+    """After training, sum lambda = sum n on the training rows (per network of a split): the likelihood's
+    maximum in the last bias; the refit is saved with the run, recorded in meta.json and idempotent."""
+    import json
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(4)
+    c = rng.uniform(-1.0, 1.0, 20000)
+    write_table(tmp_path / "pe.parquet", {"c": c, "npe": rng.poisson(np.exp(0.3 + 1.2 * c))})
+    model = {"family": "noise_mlp", "loss": "poisson", "hidden": [8], "activation": "tanh"}
+    if split:
+        model["split"] = {"column": "c", "at": 0.2}
+    raw = {"name": "pe", "data": {"conditions": ["c"], "targets": ["npe"], "transforms": {"npe": "identity"}},
+           "model": model,
+           "training": {"epochs": 1, "batch_size": 4096, "lr": 1e-3, "metric_rows": 2000, "best_metric": "val_loss",
+                        "schedule": {"kind": "constant"}}}  # one slow epoch: far from the maximum
+    messages: list[str] = []
+    run_dir = train(config_from_dict(raw), tmp_path / "pe.parquet", tmp_path / "run", progress=False,
+                    log=messages.append)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    keys = ["poisson_scale_refit_low", "poisson_scale_refit_high"] if split else ["poisson_scale_refit"]
+    assert all(k in meta for k in keys) and any(abs(meta[k] - 1) > 0.01 for k in keys)  # it had something to fix
+    assert any("Poisson scale refit" in m for m in messages)
+    from detgen.dataset import prepare
+
+    run = load_run(run_dir)
+    counts, conditions = prepare(tmp_path / "pe.parquet", run.config.data, preprocessor=run.preprocessor).train
+    with torch.no_grad():  # the saved run's lambda on the trainer's training rows
+        lam = run.model.generator().mean(conditions).double()[:, 0]
+    counts = counts.double()[:, 0]
+    upper = conditions[:, 0] >= run.model.net.split_threshold
+    for rows in ((~upper, upper) if split else (torch.ones_like(upper),)):
+        assert float(lam[rows].sum()) == pytest.approx(float(counts[rows].sum()), rel=1e-5)
+    # idempotent: a second refit changes nothing
+    again = run.model.finish_training((counts[:, None].float(), conditions), lambda s: None)
+    assert again and all(v == pytest.approx(1.0, abs=1e-5) for v in again.values())

@@ -263,6 +263,13 @@ def train(
         if training.patience is not None and state["stale"] >= training.patience:
             log(f"early stop: {training.best_metric} has not improved for {training.patience} epochs")
             break
+    if state["best_epoch"] > 0:  # the family's closed-form last step, on the best epoch's weights
+        model.load_state_dict(read_tensors(run_dir / "model.safetensors"))
+        finished = model.finish_training(train_set, log)  # type: ignore[arg-type]
+        if finished:
+            write_tensors(run_dir / "model.safetensors", model_state(model))
+            meta.update(finished)
+            write_run_files(run_dir, config, prepared.preprocessor, meta)
     log(f"best epoch {state['best_epoch']} ({training.best_metric} {state['best_metric']:.4f}); run dir {run_dir}")
     return run_dir
 

@@ -46,6 +46,13 @@ class ModelFamily(nn.Module):
         loading a frozen partner (a teacher flow, a GAN's regressor). The returned dict goes into meta.json."""
         return {}
 
+    def finish_training(self, train_set: tuple[Tensor, ...], log: Callable[[str], None]) -> dict[str, Any]:
+        """Called once by the trainer after the last epoch, with the best epoch's weights loaded: a closed-form
+        last step of the fit (e.g. an exact refit of one parameter). The trainer saves the weights again
+        afterwards; the returned dict goes into meta.json. Must be idempotent (a resumed finished run calls it
+        again)."""
+        return {}
+
     def validation_loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
         """The loss reported as ``val_loss`` (default: the training loss on validation rows)."""
         return self.loss(targets, conditions)
@@ -153,6 +160,13 @@ class GroupedModel(ModelFamily):
             member_train = (train_set[0][rows], train_set[1][rows, 1:])
             member_val = (val_set[0][val_rows[name]], val_set[1][val_rows[name], 1:])
             for k, v in member.prepare_training(preprocessor, member_train, member_val, log).items():
+                info[f"{k}_{name}"] = v
+        return info
+
+    def finish_training(self, train_set: tuple[Tensor, ...], log: Callable[[str], None]) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        for (member, rows), name in zip(self._split(train_set[1]), self.group_names):
+            for k, v in member.finish_training((train_set[0][rows], train_set[1][rows, 1:]), log).items():
                 info[f"{k}_{name}"] = v
         return info
 

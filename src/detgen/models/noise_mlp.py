@@ -31,6 +31,7 @@ built).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -266,6 +267,39 @@ class NoiseMLP(ModelFamily):
         if self.config.discrete:
             targets = targets + torch.rand_like(targets)  # dequantise: floor(target + U) = target
         return two_sample_loss(self._joint(targets, conditions), self._joint(generated, conditions), self.config)
+
+    @torch.no_grad()
+    def finish_training(self, train_set: tuple[Tensor, ...], log: Callable[[str], None]) -> dict[str, Any]:
+        """``loss: poisson``: refit the overall scale of lambda exactly, per network (the split's two).
+
+        With log lambda = f(x) + b, b the last layer's bias, the likelihood's derivative in b is
+        sum(lambda - n), so its maximum over b is b + log(sum n / sum lambda): Adam's small last steps stop short
+        of it (a common +0.5 % in NN_npe's total p.e.; docs/bench_juno_fast.md). Idempotent. Other losses: no-op.
+        """
+        if self.config.loss != "poisson":
+            return {}
+        counts, conditions = train_set
+        net = self.net
+        if net.high is None:
+            upper = torch.zeros(conditions.shape[0], dtype=torch.bool, device=conditions.device)
+        else:
+            upper = conditions[:, int(net.split_index)] >= net.split_threshold
+        info: dict[str, Any] = {}
+        for name, layers, rows in (("low", net.low, ~upper), ("high", net.high, upper)):
+            if layers is None or not bool(rows.any()):
+                continue
+            x, n = conditions[rows], counts[rows]
+            lam = self.config.output_scale * sum(torch.exp(layers(x[i : i + 65536]).double()).sum()
+                                                 for i in range(0, x.shape[0], 65536))
+            ratio = float(n.double().sum() / lam) if float(lam) > 0 else 1.0
+            if ratio > 0:
+                last: nn.Linear = layers[-1]  # type: ignore[assignment]
+                last.bias.add_(math.log(ratio))
+            key = "poisson_scale_refit" if net.high is None else f"poisson_scale_refit_{name}"
+            info[key] = round(ratio, 6)
+            log(f"Poisson scale refit ({name} network): sum n / sum lambda = {ratio:.5f} on {int(rows.sum())} "
+                "training rows; last-layer bias shifted by its log (the exact maximum likelihood in it)")
+        return info
 
     def validation_loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
         """Mean of the loss over blocks of ``validation_block`` rows (pairwise statistics are O(rows^2) in memory)."""
