@@ -10,6 +10,8 @@
 4. throughput in showers/s in this one process: the reference simulator, and the GAN sampler graph (torch, and
    the same graph exported to ONNX run by onnxruntime) at batch 1, 1024 and 65536.
 ``--quick`` (a few minutes): 12k showers, 2 + 2 epochs. Writes results.json and results.md into --out.
+``--variant KEY=VALUE`` (repeatable) overrides a GAN config field for a setting comparison, e.g.
+``--variant output=relu --variant training.lr=3e-4``; the overrides are recorded in results.json.
 """
 
 from __future__ import annotations
@@ -49,6 +51,21 @@ def load_yaml_config(name: str, **training: Any) -> dict[str, Any]:
     return raw
 
 
+def apply_variant(raw: dict[str, Any], settings: list[str]) -> None:
+    """Apply ``KEY=VALUE`` overrides (``--variant``) to a raw config: KEY is ``section.field`` or a bare
+    ``model`` field, VALUE is YAML (``0.5``, ``threshold``, ``[16, 8, 1]``). Unknown fields are left to the
+    strict config loader, which names them."""
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--variant {setting!r}: expected KEY=VALUE (e.g. model.output=threshold)")
+        section, _, name = key.rpartition(".")
+        section = section or "model"
+        if section not in ("data", "model", "training"):
+            raise SystemExit(f"--variant {setting!r}: section {section!r} (expected data, model or training)")
+        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+
+
 def showers_per_second(fn: Any, rows: int, min_seconds: float = 2.0) -> float:
     """Rows per second of ``fn()`` (which makes ``rows`` showers), repeated for at least ``min_seconds``."""
     fn()  # warm-up
@@ -83,6 +100,8 @@ def fidelity(args: argparse.Namespace, results: dict[str, Any]) -> None:
         results["regressor_train_seconds"] = time.perf_counter() - started
 
     gan_raw = load_yaml_config("emc_gan.yaml", epochs=args.gan_epochs, metric_rows=args.metric_rows, lr=args.gan_lr)
+    apply_variant(gan_raw, args.variant)
+    results["gan_variant"] = list(args.variant)
     gan_raw["model"]["regressor_run"] = str(regressor_dir)
     started = time.perf_counter()
     train(config_from_dict(gan_raw), data, out / "runs" / "gan", progress=False, log=to_log)
@@ -112,8 +131,25 @@ def evaluate(args: argparse.Namespace, results: dict[str, Any]) -> None:
     generate(gan_dir, data, generated, split="test", seed=11, progress=False, log=to_log)
     selected, _ = read_training_table(data, config_from_dict(gan_raw).data)
     truth = split_table(selected, config_from_dict(gan_raw).data)[2]
-    metrics = validate_emc(truth, read_table(generated), out / "report", seed=0)
+    generated_table = read_table(generated)
+    metrics = validate_emc(truth, generated_table, out / "report", seed=0)
     results["validation"] = metrics
+    results["crystals_per_shower"] = {"truth": crystal_bands(truth["map"]),
+                                      "generated": crystal_bands(generated_table["map"])}
+
+
+#: Crystal energy bands (MeV) for the crystals-per-shower table: where the generated showers miss crystals.
+BANDS_MEV = ((0.5, 2.0), (2.0, 10.0), (10.0, float("inf")))
+
+
+def crystal_bands(maps: np.ndarray) -> dict[str, float]:
+    """Mean crystals per shower at or above 0.5 MeV and per energy band, and the fraction of exact zeros."""
+    maps = np.asarray(maps, dtype=np.float64)
+    out = {"hits_ge_0.5": float((maps >= 0.5).sum() / len(maps))}
+    for low, high in BANDS_MEV:
+        out[f"hits_{low:g}_{high:g}"] = float(((maps >= low) & (maps < high)).sum() / len(maps))
+    out["zero_fraction"] = float((maps == 0).mean())
+    return out
 
 
 def throughput(args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -180,6 +216,13 @@ def markdown(results: dict[str, Any]) -> str:
             worst_text = f"{v[worst]:.4f} (p bin {worst.rsplit('_p', 1)[1]})" if worst and v[worst] is not None else "n/a"
             lines.append(f"| {name} | {v[f'sep_{name}']:.4f} | {worst_text} |")
         lines.append("")
+        if "crystals_per_shower" in results:
+            bands = results["crystals_per_shower"]
+            keys = list(bands["truth"])
+            lines += ["| crystals per shower | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+            lines += [f"| {name} | " + " | ".join(f"{bands[name][k]:.3g}" for k in keys) + " |"
+                      for name in ("truth", "generated")]
+            lines.append("")
         edges = MOMENTUM_EDGES_GEV
         lines += ["| momentum bin (GeV/c) | truth showers | max separation power | worst observable |", "|---|---|---|---|"]
         for k in range(len(edges) - 1):
@@ -207,6 +250,9 @@ def main() -> None:
     parser.add_argument("--gan-epochs", type=int, default=None, help="default: the config's")
     parser.add_argument("--gan-lr", type=float, default=None, help="default: the config's")
     parser.add_argument("--metric-rows", type=int, default=None)
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                        help="GAN config override, repeatable: model.output=threshold, training.lr=1e-4, "
+                             "gate_temperature=0.3 (bare names are model fields; values are YAML)")
     parser.add_argument("--simulator-rows", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--phase", choices=("all", "fidelity", "evaluate", "throughput"), default="all",

@@ -207,6 +207,9 @@ class GANConfig:
     dense_shape: list[int] = field(default_factory=lambda: [16, 4, 4])
     upsample: int = 3
     generator_channels: list[int] = field(default_factory=lambda: [16, 16, 16, 8, 1])
+    #: Convolutions at the dense layer's resolution (e.g. 4 x 4) before the upsampling: a cheaper generator
+    #: when ``generator_channels`` (at the upsampled size) is shortened; empty: none (the seed's layout).
+    coarse_channels: list[int] = field(default_factory=list)
     kernel_size: int = 3
     critic_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     critic_features: int = 64
@@ -220,6 +223,28 @@ class GANConfig:
     #: Training only: the output ReLU passes this slope of the gradient below zero (forward unchanged, so the
     #: sampler and export are plain ReLU), letting the critic switch on crystals the generator left at zero; 0: off.
     output_leak: float = 0.0
+    #: Generator output layer. ``relu``: ReLU (empty crystals exactly 0, no gradient below zero).
+    #: ``threshold``: the readout's zero suppression: E = t exp(u) where u >= 0, else exactly 0, with t the
+    #: ``zero_suppression`` threshold (physical units, MeV) converted per row into model units; in training the
+    #: cut passes the gradient of t exp(u) also below it (straight-through), or, with ``gate_temperature`` > 0,
+    #: is the smooth gate t exp(u) sigmoid(u / gate_temperature). Needs ``data.image.transform: none``.
+    output: str = "relu"
+    zero_suppression: float = 0.0
+    gate_temperature: float = 0.0
+    #: output threshold: u = log_gain * (last convolution), so E = t exp(log_gain * h); a shower spans
+    #: ln(E_max / t) ~ 8 (0.5 MeV to ~1.5 GeV), which a gain near that puts within reach of small weights.
+    log_gain: float = 1.0
+    #: What the critic sees (and where the gradient penalty is taken): ``linear`` (model units) or ``log``
+    #: (ln(1 + x / t), t the per-row threshold; needs ``output: threshold``; use ``log_epsilon: 0`` and a
+    #: ``sparsity_scale`` ~0.3 there, both then act on ln(1 + x / t)).
+    critic_input: str = "linear"
+    #: With ``critic_input: log``: the critic's "total" feature is the sum of its input (``log``) or the
+    #: energy sum in model units decoded from it (``energy``, the deposited fraction).
+    critic_total: str = "log"
+    #: What ``val_loss`` is: ``critic`` (the critic's Wasserstein estimate) or ``showers`` (mean separation
+    #: power of image-level observables of generated vs validation images: hit count, hit spectrum, total,
+    #: brightest-pixel fraction, radius; physical units), so ``best_metric: val_loss`` picks epochs by showers.
+    validation: str = "critic"
     n_critic: int = 5
     gp_weight: float = 10.0
     betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
@@ -323,7 +348,8 @@ class JunoMuonConfig:
     point_energy_mev: float = 1.0
     #: Voxel step along a muon track (m); each deposit carries dE/dx * step_m.
     step_m: float = 0.1
-    #: (deposit, PMT) pairs per PMT sampled individually before the exact pruning check.
+    #: (deposit, PMT) pairs per PMT sampled individually before the exact pruning check of
+    #: FastMuonSimulator.response_pairwise (the default sampler, response, does not use it).
     first_candidates: int = 12
 
     def check(self, data: DataConfig, source: str) -> None:

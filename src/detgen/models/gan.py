@@ -2,11 +2,14 @@
 
 The generator follows the seed's layer sequence: ``[noise, conditions] -> Dense(16 x 4 x 4) -> upsample x 3
 (12 x 12) -> convolutions 16, 16, 16, 8 -> a valid 2 x 2 convolution to 1 channel (12 x 12 -> 11 x 11, so no
-crystal is cropped away: every output crystal sees a 2 x 2 patch of the upsampled features) -> ReLU``. Its
+crystal is cropped away: every output crystal sees a 2 x 2 patch of the upsampled features) -> ReLU``, or
+(``model.output: threshold``) the readout's zero suppression ``E = t exp(log_gain * h)`` where that is >= the
+per-row threshold t (``model.zero_suppression`` in physical units), else exactly 0. Its
 output is the image in model space (after ``data.image`` preprocessing, e.g. the fraction of the incident
 momentum in each crystal), flattened, so the one sampler graph decodes it to MeV.
 
-The critic scores (image, conditions): convolutions on the image (and on ln(x + eps) as a second channel, so
+The critic scores (image, conditions) -- the image in model units, or (``model.critic_input: log``) as
+ln(1 + x / t), where the gradient penalty then also acts: convolutions on the image (and on ln(x + eps) as a second channel, so
 low-energy crystals count), a dense layer, minibatch discrimination (Salimans et al. 2016, arXiv:1606.03498),
 then the features concatenated with the conditions, the total energy and a sparsity measure -> one score.
 Training is WGAN-GP (Gulrajani et al. 2017, arXiv:1704.00028): ``n_critic`` critic steps on slices of each batch
@@ -24,11 +27,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from detgen.errors import ConfigError, DataError
 from detgen.models.base import ModelFamily, optimizer_step
+from detgen.validation.metrics import separation_power
 
 
 # ------------------------------------------------------------------------------------------ config checks
@@ -44,6 +49,8 @@ def check_gan_config(config: Any, data: Any, source: str) -> None:
             f"{source}: model.dense_shape {config.dense_shape} upsampled x{config.upsample} is {up_h} x {up_w}, "
             f"smaller than model.image_shape {config.image_shape}"
         )
+    if any(c < 1 for c in config.coarse_channels):
+        raise ConfigError(f"{source}: model.coarse_channels = {config.coarse_channels} (expected positive numbers)")
     if not config.generator_channels or config.generator_channels[-1] != 1:
         raise ConfigError(f"{source}: model.generator_channels must end with 1 (one image channel)")
     if config.kernel_size % 2 != 1:
@@ -63,6 +70,32 @@ def check_gan_config(config: Any, data: Any, source: str) -> None:
     if data.image.normalise == "total":
         raise ConfigError(f"{source}: family gan needs data.image.normalise none or condition (total adds a "
                           "non-pixel feature the convolutional generator cannot produce)")
+    if config.output not in OUTPUTS:
+        raise ConfigError(f"{source}: model.output = {config.output!r} (expected one of {', '.join(OUTPUTS)})")
+    if config.validation not in VALIDATIONS:
+        raise ConfigError(f"{source}: model.validation = {config.validation!r} (expected one of "
+                          f"{', '.join(VALIDATIONS)})")
+    if config.gate_temperature < 0 or not config.log_gain > 0:
+        raise ConfigError(f"{source}: model.gate_temperature = {config.gate_temperature} (expected >= 0) and "
+                          f"model.log_gain = {config.log_gain} (expected > 0)")
+    if config.output == "threshold":
+        if not config.zero_suppression > 0:
+            raise ConfigError(f"{source}: model.output threshold needs model.zero_suppression > 0 (the readout "
+                              f"threshold per pixel in the image's physical units, e.g. 0.5 MeV); got "
+                              f"{config.zero_suppression}")
+        if data.image.transform != "none":
+            raise ConfigError(f"{source}: model.output threshold makes energies itself (E = t exp(u)); it needs "
+                              f"data.image.transform none, got {data.image.transform!r}")
+        if config.output_leak > 0:
+            raise ConfigError(f"{source}: model.output_leak is for output relu; output threshold has its own "
+                              "gradient below the cut")
+    if config.critic_input not in ("linear", "log"):
+        raise ConfigError(f"{source}: model.critic_input = {config.critic_input!r} (expected linear or log)")
+    if config.critic_total not in ("log", "energy"):
+        raise ConfigError(f"{source}: model.critic_total = {config.critic_total!r} (expected log or energy)")
+    if config.critic_input == "log" and config.output != "threshold":
+        raise ConfigError(f"{source}: model.critic_input log needs model.output threshold (its scale is the "
+                          "zero-suppression threshold)")
 
 
 def check_regressor_config(config: Any, data: Any, source: str) -> None:
@@ -97,6 +130,10 @@ def condition_positions(preprocessor: Any, columns: list[str]) -> list[int]:
     return [positions[c] for c in columns]
 
 
+OUTPUTS = ("relu", "threshold")
+VALIDATIONS = ("critic", "showers")
+
+
 # ------------------------------------------------------------------------------------------ networks
 class ShowerGenerator(nn.Module):
     """(noise, encoded conditions) -> flattened image in model space (plain tensor ops; the exported graph)."""
@@ -108,8 +145,23 @@ class ShowerGenerator(nn.Module):
         self.dense = nn.Linear(noise_dim + n_conditions, channels * height * width)
         self.upsample = int(config.upsample)
         self.output_leak = float(config.output_leak)
-        layers: list[nn.Module] = []
+        self.output = str(config.output)
+        self.zero_suppression = float(config.zero_suppression)
+        self.gate_temperature = float(config.gate_temperature)
+        self.log_gain = float(config.log_gain)
+        #: (encoded position of the normalising condition or -1, its shift, scale, is_log, image scale): set by
+        #: :meth:`bind_threshold` from the preprocessing; plain numbers, so traced graphs hold them as constants
+        self._threshold_map: tuple[int, float, float, bool, float] | None = None
+        # optional convolutions at the dense layer's coarse resolution, before the upsampling (9x cheaper per
+        # layer than at the upsampled size for upsample 3); an empty Sequential holds no weights
+        coarse: list[nn.Module] = []
         previous = channels
+        for out in config.coarse_channels:
+            coarse += [nn.Conv2d(previous, out, config.kernel_size, padding=config.kernel_size // 2),
+                       nn.LeakyReLU(0.2)]
+            previous = out
+        self.coarse = nn.Sequential(*coarse)
+        layers: list[nn.Module] = []
         for out in config.generator_channels[:-1]:
             layers += [nn.Conv2d(previous, out, config.kernel_size, padding=config.kernel_size // 2),
                        nn.LeakyReLU(0.2)]
@@ -124,6 +176,42 @@ class ShowerGenerator(nn.Module):
     #: per activation) several times slower. Rows are independent, so chunking does not change the output.
     chunk_rows = 256
 
+    def bind_threshold(self, preprocessor: Any) -> None:
+        """Learn from the preprocessing how ``zero_suppression`` (physical units) maps into model units.
+
+        ``normalise: none``: t = zero_suppression / scale for every row; ``normalise: condition``: t =
+        zero_suppression / (scale * c) with c the raw condition, decoded from the encoded conditions.
+        """
+        if len(preprocessor.target_specs) != 1 or preprocessor.target_specs[0]["kind"] != "image":
+            raise ConfigError("model.output threshold needs exactly one image target")
+        spec = preprocessor.target_specs[0]
+        if spec["transform"] != "none":
+            raise ConfigError(f"model.output threshold needs data.image.transform none, got {spec['transform']!r}")
+        if spec["normalise"] == "none":
+            self._threshold_map = (-1, 0.0, 1.0, False, float(spec["scale"]))
+            return
+        if spec["normalise"] != "condition":
+            raise ConfigError(f"model.output threshold needs data.image.normalise none or condition, got "
+                              f"{spec['normalise']!r}")
+        (condition,) = [c for c in preprocessor.condition_specs if c["column"] == spec["condition"]]
+        if condition["kind"] == "onehot":
+            raise ConfigError(f"image normalised by the label column {spec['condition']!r}")
+        (position,) = condition_positions(preprocessor, [spec["condition"]])
+        self._threshold_map = (position, float(condition["shift"]), float(condition["scale"]),
+                               condition["kind"] == "log", float(spec["scale"]))
+
+    def threshold(self, conditions: Tensor) -> Tensor:
+        """The zero-suppression threshold per row in model units, (N, 1), from the encoded conditions."""
+        if self._threshold_map is None:
+            raise RuntimeError("ShowerGenerator.bind_threshold(preprocessor) was not called (output threshold)")
+        position, shift, scale, is_log, image_scale = self._threshold_map
+        if position < 0:
+            return conditions.new_full((conditions.shape[0], 1), self.zero_suppression / image_scale)
+        raw = conditions[:, position : position + 1] * scale + shift
+        if is_log:
+            raw = torch.exp(raw)
+        return self.zero_suppression / (image_scale * raw)
+
     def forward(self, noise: Tensor, conditions: Tensor) -> Tensor:
         n = noise.shape[0]
         if n > self.chunk_rows and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
@@ -133,14 +221,27 @@ class ShowerGenerator(nn.Module):
 
     def _images(self, noise: Tensor, conditions: Tensor) -> Tensor:
         h = nn.functional.leaky_relu(self.dense(torch.cat([noise, conditions], dim=1)), 0.2)
-        h = h.view(-1, *self.dense_shape)
+        h = self.coarse(h.view(-1, *self.dense_shape))
         h = nn.functional.interpolate(h, scale_factor=float(self.upsample), mode="nearest")
         h = self.convolutions(h)
+        if self.output == "threshold":
+            return self._zero_suppressed(self.log_gain * h.flatten(1), self.threshold(conditions))
         if self.training and self.output_leak > 0:
             # forward: ReLU; backward: slope output_leak below zero (a straight-through leaky ReLU)
             leaky = nn.functional.leaky_relu(h, self.output_leak)
             return (torch.relu(h).detach() + leaky - leaky.detach()).flatten(1)
         return torch.relu(h).flatten(1)
+
+
+    def _zero_suppressed(self, u: Tensor, threshold: Tensor) -> Tensor:
+        """E = t exp(u) where u >= 0 (so every kept pixel is >= t), exactly 0 below; see GANConfig.output."""
+        energy = threshold * torch.exp(u)
+        if self.training and self.gate_temperature > 0:
+            return energy * torch.sigmoid(u / self.gate_temperature)
+        kept = energy * (u >= 0).to(energy.dtype)
+        if self.training:  # straight-through: forward the cut, backward d(t exp(u))/du also below it
+            return kept.detach() + energy - energy.detach()
+        return kept
 
 
 class MinibatchDiscrimination(nn.Module):
@@ -183,12 +284,18 @@ class ShowerCritic(nn.Module):
         n_head = config.critic_features + config.minibatch_kernels + n_conditions + 2
         self.head = nn.Sequential(nn.Linear(n_head, 64), nn.LeakyReLU(0.2), nn.Linear(64, 1))
 
+    #: (critic input, conditions) -> the pixels in model units, for the total-energy feature; None: the input
+    #: itself. A plain attribute (not a module): it holds no weights.
+    total_of: Any = None
+
     def forward(self, images: Tensor, conditions: Tensor) -> Tensor:
         x = images.view(-1, 1, *self.image_shape)
         if self.log_epsilon > 0:
             x = torch.cat([x, torch.log(torch.clamp(x, min=0.0) + self.log_epsilon)], dim=1)
         f = self.features(self.convolutions(x).flatten(1))
-        total = images.sum(1, keepdim=True)
+        # the energy sum in model units (with a log critic input, decoded from ln(1 + x / t); set by the GAN)
+        total = (images.sum(1, keepdim=True) if self.total_of is None
+                 else self.total_of(images, conditions).sum(1, keepdim=True))
         sparsity = (1.0 - torch.exp(-torch.clamp(images, min=0.0) / self.sparsity_scale)).mean(1, keepdim=True)
         h = torch.cat([f, self.minibatch(f), conditions, total, sparsity], dim=1)
         return self.head(h).squeeze(1)
@@ -303,6 +410,9 @@ class ConditionalGAN(ModelFamily):
         self.noise_dim = int(config.noise_dim)
         self.generator_net = ShowerGenerator(noise_dim=self.noise_dim, n_conditions=n_conditions, config=config)
         self.critic = ShowerCritic(n_conditions=n_conditions, config=config)
+        if config.critic_input == "log" and config.critic_total == "energy":
+            # the critic's total-energy feature from ln(1 + x / t): sum of t (exp(v) - 1), i.e. the linear sum
+            self.critic.total_of = lambda view, cond: self.generator_net.threshold(cond) * torch.expm1(view)
         self.critic_rows = 128  # rows per critic step in validation (set from the training batch size)
         self._preprocessor: Any = None
         # the frozen regressor: deliberately not a registered submodule, so it is neither trained nor saved
@@ -311,6 +421,8 @@ class ConditionalGAN(ModelFamily):
 
     def bind_preprocessor(self, preprocessor: Any) -> None:
         self._preprocessor = preprocessor
+        if self.config.output == "threshold":
+            self.generator_net.bind_threshold(preprocessor)
 
     def generator(self) -> nn.Module:
         return self.generator_net
@@ -393,6 +505,19 @@ class ConditionalGAN(ModelFamily):
             ),
         }
 
+    def critic_view(self, images: Tensor, conditions: Tensor) -> Tensor:
+        """The images as the critic sees them (and where the gradient penalty is taken).
+
+        ``critic_input: linear``: unchanged (model units). ``log``: ln(1 + x / t), t the per-row zero-suppression
+        threshold in model units: empty crystals 0, a crystal at the cut ln 2, a core ~8. In linear model units a
+        critic feature that sees 1e-4-scale tail crystals has input gradients ~1e4, which the gradient penalty
+        (|grad| ~ 1) forbids, so a Lipschitz critic is nearly blind to the crystal count; in ln(1 + x / t) tail
+        and core have comparable scales.
+        """
+        if self.config.critic_input == "linear":
+            return images
+        return torch.log1p(torch.clamp(images, min=0.0) / self.generator_net.threshold(conditions))
+
     def train_step(self, targets: Tensor, conditions: Tensor, optimizers: dict[str, torch.optim.Optimizer],
                    training: Any) -> dict[str, float]:
         """n_critic critic updates on slices of the batch, then one generator update on the whole batch."""
@@ -402,15 +527,16 @@ class ConditionalGAN(ModelFamily):
         for real, cond in zip(targets.chunk(self.config.n_critic), conditions.chunk(self.config.n_critic)):
             with torch.no_grad():
                 fake = self.generator_net(torch.randn(real.shape[0], self.noise_dim, device=real.device), cond)
-            distance = self.critic(real, cond).mean() - self.critic(fake, cond).mean()
-            penalty = gradient_penalty(self.critic, real, fake, cond)
+            real_view, fake_view = self.critic_view(real, cond), self.critic_view(fake, cond)
+            distance = self.critic(real_view, cond).mean() - self.critic(fake_view, cond).mean()
+            penalty = gradient_penalty(self.critic, real_view, fake_view, cond)
             critic_loss = -distance + self.config.gp_weight * penalty
             optimizer_step(critic_loss, critic_opt, self.critic.parameters(), training.grad_clip, "critic loss")
             wasserstein, penalties, n_slices = wasserstein + distance.item(), penalties + penalty.item(), n_slices + 1
         self.generator_net.requires_grad_(True)
         self.critic.requires_grad_(False)
         fake = self.generator_net(torch.randn(targets.shape[0], self.noise_dim, device=targets.device), conditions)
-        adversarial = -self.critic(fake, conditions).mean()
+        adversarial = -self.critic(self.critic_view(fake, conditions), conditions).mean()
         regression = self.regression_l1(fake, conditions)
         generator_loss = adversarial + self.config.regressor_weight * regression
         optimizer_step(generator_loss, generator_opt, self.generator_net.parameters(), training.grad_clip,
@@ -418,6 +544,39 @@ class ConditionalGAN(ModelFamily):
         self.critic.requires_grad_(True)
         return {"loss": wasserstein / n_slices, "gradient_penalty": penalties / n_slices,
                 "generator": adversarial.item(), "regression_l1": regression.item()}
+
+    def validation_loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
+        """``val_loss``: the critic's Wasserstein estimate (``model.validation: critic``) or the mean image-level
+        separation power (``showers``, :meth:`shower_separation`)."""
+        if self.config.validation == "showers":
+            return targets.new_tensor(self.shower_separation(targets, conditions)["mean"])
+        return self.loss(targets, conditions)
+
+    @torch.no_grad()
+    def shower_separation(self, targets: Tensor, conditions: Tensor) -> dict[str, float]:
+        """Separation powers of generated vs given images (fixed noise) in physical units, and their mean.
+
+        Observables per image, pixels below ``zero_suppression`` (physical units) counting as empty: the number
+        of hit pixels, ln of the total, the brightest pixel's fraction of the total, the energy-weighted RMS
+        radius (pixels) about the centroid; and the spectrum of ln(hit energy), all hits pooled. Histograms: 30
+        bins over the given images' 0.1-99.9% range (one bin per integer for the hit count), outliers in the
+        outer bins. These are the shower-shape features the per-pixel W1 is blind to (hit count, tails).
+        """
+        if self._preprocessor is None:
+            raise RuntimeError("ConditionalGAN.bind_preprocessor was not called")
+        noise = torch.randn(targets.shape[0], self.noise_dim, generator=torch.Generator().manual_seed(0))
+        fake = self.generator_net(noise.to(targets.device), conditions)
+        raw = decode_conditions(self._preprocessor, conditions)
+        threshold = self.config.zero_suppression
+        samples = {}
+        for name, images in (("truth", targets), ("generated", fake)):
+            physical = self._preprocessor.decode_targets(images, raw).double().cpu().numpy()
+            samples[name] = _image_observables(physical.reshape(-1, *self.config.image_shape), threshold)
+        result = {}
+        for key in samples["truth"]:
+            result[key] = _separation(samples["truth"][key], samples["generated"][key], discrete=key == "n_hits")
+        result["mean"] = float(np.mean(list(result.values())))
+        return result
 
     def loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
         """The critic's Wasserstein estimate E[D(real)] - E[D(fake)] (fixed noise; rows in critic-sized slices)."""
@@ -427,8 +586,41 @@ class ConditionalGAN(ModelFamily):
         for start in range(0, targets.shape[0], self.critic_rows):
             real, cond = targets[start : start + self.critic_rows], conditions[start : start + self.critic_rows]
             fake = self.generator_net(noise[start : start + self.critic_rows], cond)
-            total = total + (self.critic(real, cond).sum() - self.critic(fake, cond).sum())
+            total = total + (self.critic(self.critic_view(real, cond), cond).sum()
+                             - self.critic(self.critic_view(fake, cond), cond).sum())
         return total / targets.shape[0]
+
+
+def _image_observables(images: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """Image-level observables of (N, H, W) images in physical units (see ConditionalGAN.shower_separation)."""
+    hits = np.where(images >= threshold, images, 0.0) if threshold > 0 else np.clip(images, 0.0, None)
+    n = hits.shape[0]
+    flat = hits.reshape(n, -1)
+    total = flat.sum(1)
+    safe = np.where(total > 0, total, 1.0)
+    rows, cols = np.indices(hits.shape[1:], dtype=np.float64)
+    centre_r = (hits * rows).sum((1, 2)) / safe
+    centre_c = (hits * cols).sum((1, 2)) / safe
+    r2 = (rows[None] - centre_r[:, None, None]) ** 2 + (cols[None] - centre_c[:, None, None]) ** 2
+    return {
+        "n_hits": (flat > 0).sum(1).astype(np.float64),
+        "log_total": np.log(np.where(total > 0, total, 1e-30)),
+        "brightest_fraction": flat.max(1) / safe,
+        "radius": np.sqrt((hits * r2).sum((1, 2)) / safe),
+        "log_hit_energy": np.log(flat[flat > 0]) if (flat > 0).any() else np.zeros(1),
+    }
+
+
+def _separation(truth: np.ndarray, generated: np.ndarray, *, discrete: bool, bins: int = 30) -> float:
+    """Separation power with edges from the truth's 0.1-99.9% range; outliers counted in the outer bins."""
+    if generated.size == 0:
+        return 1.0
+    low, high = np.quantile(truth, [0.001, 0.999])
+    edges = (np.arange(np.floor(low) - 0.5, np.ceil(high) + 1.0) if discrete
+             else np.linspace(low, high if high > low else low + 1.0, bins + 1))
+    width = edges[1] - edges[0]
+    clip = (edges[0] + 1e-9 * width, edges[-1] - 1e-9 * width)
+    return separation_power(np.clip(truth, *clip), np.clip(generated, *clip), bins=edges)
 
 
 def decode_conditions(preprocessor: Any, encoded: Tensor) -> Tensor:
