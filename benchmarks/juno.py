@@ -81,7 +81,7 @@ class Settings:
     r_nodes: int = 60
     theta_nodes: int = 91
     noise_draws: int = 256
-    steps_m: tuple[float, ...] = (0.1, 0.5)
+    steps_m: tuple[float, ...] = (1.0, 0.5, 0.1)
 
 
 QUICK = Settings(train_events=40, test_events=120, gamma_events=25, muons=2, train_rows=60_000, epochs=1,
