@@ -20,21 +20,14 @@ from detgen.config import GANConfig, config_from_dict
 from detgen.errors import ConfigError
 from detgen.export import export_onnx
 from detgen.io import read_table, write_table
-from detgen.models.gan import ConditionalGAN, _image_observables, _separation
+from detgen.models.gan import ConditionalGAN, _image_observables
 from detgen.runs import load_run
 from detgen.training import train
-from test_gan import TINY_GAN, quiet, raw_config, toy_showers
+from detgen.validation.metrics import separation_in_truth_range as _separation
+from test_gan import TINY_GAN, one_thread, quiet, raw_config, toy_showers  # noqa: F401 (autouse fixture)
 
 THRESHOLD_MEV = 0.5
 TINY_THRESHOLD = {**TINY_GAN, "output": "threshold", "zero_suppression": THRESHOLD_MEV, "log_epsilon": 1e-5}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

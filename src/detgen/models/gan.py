@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from detgen.errors import ConfigError, DataError
 from detgen.models.base import ModelFamily, optimizer_step
-from detgen.validation.metrics import separation_power
+from detgen.validation.metrics import separation_in_truth_range
 
 
 # ------------------------------------------------------------------------------------------ config checks
@@ -574,7 +574,8 @@ class ConditionalGAN(ModelFamily):
             samples[name] = _image_observables(physical.reshape(-1, *self.config.image_shape), threshold)
         result = {}
         for key in samples["truth"]:
-            result[key] = _separation(samples["truth"][key], samples["generated"][key], discrete=key == "n_hits")
+            result[key] = separation_in_truth_range(samples["truth"][key], samples["generated"][key],
+                                                    discrete=key == "n_hits")
         result["mean"] = float(np.mean(list(result.values())))
         return result
 
@@ -611,16 +612,7 @@ def _image_observables(images: np.ndarray, threshold: float) -> dict[str, np.nda
     }
 
 
-def _separation(truth: np.ndarray, generated: np.ndarray, *, discrete: bool, bins: int = 30) -> float:
-    """Separation power with edges from the truth's 0.1-99.9% range; outliers counted in the outer bins."""
-    if generated.size == 0:
-        return 1.0
-    low, high = np.quantile(truth, [0.001, 0.999])
-    edges = (np.arange(np.floor(low) - 0.5, np.ceil(high) + 1.0) if discrete
-             else np.linspace(low, high if high > low else low + 1.0, bins + 1))
-    width = edges[1] - edges[0]
-    clip = (edges[0] + 1e-9 * width, edges[-1] - 1e-9 * width)
-    return separation_power(np.clip(truth, *clip), np.clip(generated, *clip), bins=edges)
+
 
 
 def decode_conditions(preprocessor: Any, encoded: Tensor) -> Tensor:

@@ -234,27 +234,10 @@ def hit_energies(maps: ArrayLike, *, threshold_mev: float = THRESHOLD_MEV) -> Fl
 # Comparison
 
 
-def _edges(truth: FloatArray, generated: FloatArray, discrete: bool, bins: int) -> FloatArray:
-    """Bin edges from the truth's 0.1-99.9% range (integers: one bin per value)."""
-    reference = truth if truth.size else generated
-    low, high = np.quantile(reference, [0.001, 0.999])
-    if discrete:
-        return np.arange(np.floor(low) - 0.5, np.ceil(high) + 1.0)
-    return np.linspace(low, high if high > low else low + 1.0, bins + 1)
-
-
-def _clipped(values: FloatArray, edges: FloatArray) -> FloatArray:
-    """Values moved into the outer bins when beyond the edges (for histograms with under/overflow)."""
-    width = edges[1] - edges[0]
-    return np.clip(values, edges[0] + 1e-9 * width, edges[-1] - 1e-9 * width)
-
-
 def separation(truth: ArrayLike, generated: ArrayLike, *, discrete: bool = False,
                bins: int = SEPARATION_BINS) -> float:
     """Separation power with edges from the truth's 0.1-99.9% range, outliers counted in the outer bins."""
-    a, b = np.asarray(truth, dtype=np.float64), np.asarray(generated, dtype=np.float64)
-    edges = _edges(a, b, discrete, bins)
-    return m.separation_power(_clipped(a, edges), _clipped(b, edges), bins=edges)
+    return m.separation_in_truth_range(truth, generated, discrete=discrete, bins=bins)
 
 
 def separation_of_histograms(truth: ArrayLike, generated: ArrayLike) -> float:

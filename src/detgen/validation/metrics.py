@@ -113,6 +113,31 @@ def separation_power(a: ArrayLike, b: ArrayLike, bins: int | ArrayLike = 50) -> 
     return float(0.5 * np.sum((hist_a[filled] - hist_b[filled]) ** 2 / total[filled]))
 
 
+def separation_with_overflow(truth: ArrayLike, generated: ArrayLike, edges: ArrayLike) -> float:
+    """Separation power on ``edges`` with values beyond the edges counted in the first/last bin (overflow)."""
+    edges = np.asarray(edges, dtype=np.float64)
+    span = float(edges[-1] - edges[0])
+    inner = (float(edges[0]) + 1e-9 * span, float(edges[-1]) - 1e-9 * span)
+    return separation_power(np.clip(np.asarray(truth, dtype=np.float64), *inner),
+                            np.clip(np.asarray(generated, dtype=np.float64), *inner), bins=edges)
+
+
+def truth_range_edges(truth: ArrayLike, generated: ArrayLike, *, discrete: bool = False, bins: int = 30) -> FloatArray:
+    """Bin edges over the truth's 0.1-99.9 % range (the generated sample's if the truth is empty); integers
+    (``discrete``): one bin per value."""
+    a = np.asarray(truth, dtype=np.float64)
+    low, high = np.quantile(a if a.size else np.asarray(generated, dtype=np.float64), [0.001, 0.999])
+    if discrete:
+        return np.arange(np.floor(low) - 0.5, np.ceil(high) + 1.0)
+    return np.linspace(low, high if high > low else low + 1.0, bins + 1)
+
+
+def separation_in_truth_range(truth: ArrayLike, generated: ArrayLike, *, discrete: bool = False,
+                              bins: int = 30) -> float:
+    """Separation power on :func:`truth_range_edges`, outliers of either sample counted in the outer bins."""
+    return separation_with_overflow(truth, generated, truth_range_edges(truth, generated, discrete=discrete,
+                                                                         bins=bins))
+
 def binomial_efficiency(k: ArrayLike, n: ArrayLike) -> tuple[FloatArray, FloatArray]:
     """Efficiency k/n and its uncertainty for counts ``k`` passing out of ``n``.
 
