@@ -6,10 +6,11 @@
 2. train NN_npe and NN_time (configs/juno_npe.yaml, configs/juno_time.yaml) once per loss (--losses, "" for
    none), and the conditional flows (configs/juno_npe_flow.yaml on dequantised npe, configs/juno_time_flow.yaml)
    with the small comparison settings (train_rows, epochs), on the training events; then the pair "full":
-   NN_npe as a Poisson mean (configs/juno_npe_poisson.yaml) and the time flow (configs/juno_time_flow.yaml) with
-   their configs' rows and epochs, on the training events plus ``poisson_events`` (R uniform) and
-   ``edge_events`` (R on ``edge_range_m``) more, pmt rows grouped by ``group_size`` PMTs of neighbouring theta
-   (juno.group_pmt_rows), all hits kept (points_grouped.h5); score each pair by simulating the test events straight from the networks (npe from
+   NN_npe as a Poisson mean (configs/juno_npe_poisson.yaml) on ``pool_radii`` radii x ``pool_events`` events
+   pooled per radius and groups of ``group_size`` PMTs (``detgen simulate juno --r-grid --pool-events
+   --group-pmts``: points_pooled.h5), and the time flow (configs/juno_time_flow.yaml) on the hits of the
+   training events plus ``poisson_events`` (R uniform) and ``edge_events`` (R on ``edge_range_m``) more
+   (points_grouped.h5), each with its config's rows and epochs; score each pair by simulating the test events straight from the networks (npe from
    NN_npe per PMT, one NN_time draw per p.e.) and validating against the reference
    (detgen.validation.juno.validate_juno);
 3. tabulate a pair (--table-pair: by default "full,full", the Poisson NN_npe and the time flow of
@@ -46,6 +47,8 @@ from detgen.runs import load_run
 from detgen.simulators.juno import (
     NO_HIT_TIME_NS,
     group_pmt_rows,
+    pool_point_batches,
+    radius_grid,
     simulate_muons,
     simulate_point_batches,
     simulate_points,
@@ -66,7 +69,7 @@ KEYS = ["total_pe_rel_dev", "hit_time_median_dev_ns", "max_separation_power_npe"
 class Settings:
     train_events: int = 400
     test_events: int = 300
-    gamma_events: int = 100
+    gamma_events: int = 1000  # per Z: the hit-time median to ~0.03-0.1 ns (100 left 0.1-0.6 ns)
     muons: int = 6
     train_rows: int = 200_000
     epochs: int = 3
@@ -76,6 +79,10 @@ class Settings:
     edge_events: int = 1000
     edge_range_m: tuple[float, float] = (13.0, 17.7)
     group_size: int = 14
+    # the Poisson NN_npe's data: pool_events events at each of pool_radii radii (spaced like the tables), the
+    # pmt rows of a radius pooled (mean count per PMT group): n_events x group_size fewer, far less noisy rows
+    pool_radii: int = 300
+    pool_events: int = 100
     full_rows: int | None = None  # rows / epochs of the Poisson NN_npe and the time flow (None: their configs')
     full_epochs: int | None = None
     r_nodes: int = 60
@@ -85,7 +92,7 @@ class Settings:
 
 
 QUICK = Settings(train_events=40, test_events=120, gamma_events=25, muons=2, train_rows=60_000, epochs=1,
-                 poisson_events=40, edge_events=40, full_rows=60_000, full_epochs=1, r_nodes=24, theta_nodes=31, noise_draws=64, steps_m=(0.5,))
+                 poisson_events=40, edge_events=40, pool_radii=20, pool_events=4, full_rows=60_000, full_epochs=1, r_nodes=24, theta_nodes=31, noise_draws=64, steps_m=(0.5,))
 
 
 def config(name: str, settings: Settings, *, full: bool = False, **model: Any) -> Any:
@@ -104,7 +111,7 @@ def config(name: str, settings: Settings, *, full: bool = False, **model: Any) -
 
 def grouped_points(path: Path, train_tables: dict[str, dict[str, np.ndarray]], settings: Settings, seed: int
                    ) -> dict[str, float]:
-    """The Poisson NN_npe / time flow training file: the training events, ``poisson_events`` more (seed
+    """The time flow's training file (its hits; the pmt rows, small when grouped, are not used): the training events, ``poisson_events`` more (seed
     ``[seed, batch]``) and ``edge_events`` with R on ``edge_range_m`` (seed ``[seed + 1, batch]``), pmt rows
     grouped by ``group_size`` PMTs (``group_pmt_rows``), every hit kept."""
     hit_columns = ("event", "pmt", "r_m", "theta", "time_ns")
@@ -127,6 +134,17 @@ def grouped_points(path: Path, train_tables: dict[str, dict[str, np.ndarray]], s
     rows = write_point_tables(path, batches())
     return {"events": settings.train_events + settings.poisson_events + settings.edge_events, "rows": rows,
             "seconds": round(time.perf_counter() - tic, 1)}
+
+
+def pooled_points(path: Path, settings: Settings, seed: int) -> dict[str, float]:
+    """The Poisson NN_npe's training file (``detgen simulate juno --r-grid K --pool-events --group-pmts G``)."""
+    tic = time.perf_counter()
+    radii = radius_grid(settings.pool_radii)
+    n = settings.pool_radii * settings.pool_events
+    batches = pool_point_batches(simulate_point_batches(n, batch_events=500, r_values_m=radii, seed=seed),
+                                 settings.group_size)
+    rows = write_point_tables(path, batches)
+    return {"events": n, "radii": settings.pool_radii, "rows": rows, "seconds": round(time.perf_counter() - tic, 1)}
 
 
 @torch.no_grad()
@@ -217,7 +235,9 @@ def train_networks(args: Any, settings: Settings, out: Path, results: dict[str, 
                                    "seconds": round(time.perf_counter() - tic, 2)}
     log(f"point data: {settings.train_events} + {settings.test_events} events ({results['reference_points']})")
     results["grouped_points"] = grouped_points(out / "points_grouped.h5", train_tables, settings, seed=args.seed + 10)
-    log(f"grouped point data for the Poisson NN_npe and the time flow: {results['grouped_points']}")
+    log(f"point data for the time flow: {results['grouped_points']}")
+    results["pooled_points"] = pooled_points(out / "points_pooled.h5", settings, seed=args.seed + 20)
+    log(f"pooled point data for the Poisson NN_npe: {results['pooled_points']}")
 
     # 2. networks: each loss, and the flow --------------------------------------------------------------
     runs: dict[str, Path] = {}
@@ -246,11 +266,12 @@ def train_networks(args: Any, settings: Settings, out: Path, results: dict[str, 
                             out / "report_networks_flow", make_figures=False)
     networks["npe_flow"].update(summary(metrics))
     log(f"flows (npe and time): {summary(metrics)}")
-    # the pair "full": the Poisson-mean NN_npe and the time flow, each with its config's rows and epochs, on the
-    # grouped pmt rows / the hits of train_events + poisson_events events
-    for what, name in (("npe", "juno_npe_poisson"), ("time", "juno_time_flow")):
+    # the pair "full": the Poisson-mean NN_npe (pooled pmt rows) and the time flow (the hits of train_events +
+    # poisson_events + edge_events events), each with its config's rows and epochs
+    for what, name, data in (("npe", "juno_npe_poisson", "points_pooled.h5"),
+                             ("time", "juno_time_flow", "points_grouped.h5")):
         tic = time.perf_counter()
-        runs[f"{what}_full"] = train(config(name, settings, full=True), out / "points_grouped.h5",
+        runs[f"{what}_full"] = train(config(name, settings, full=True), out / data,
                                      out / "runs" / f"{what}_full", progress=False, log=lambda s: None)
         networks[f"{what}_full"] = {"train_seconds": round(time.perf_counter() - tic, 1)}
         log(f"trained {what}_full ({name}) in {networks[f'{what}_full']['train_seconds']} s")
@@ -303,8 +324,11 @@ def tables_and_muons(args: Any, settings: Settings, out: Path, results: dict[str
 
     # 4. 1 MeV gammas on the z axis ---------------------------------------------------------------------
     tic = time.perf_counter()
-    gamma_truth, _ = simulate_points(settings.gamma_events * len(GAMMA_Z_M), r_values_m=GAMMA_Z_M,
-                                     seed=args.seed + 2)
+    batches = list(simulate_point_batches(settings.gamma_events * len(GAMMA_Z_M), batch_events=500,
+                                          r_values_m=GAMMA_Z_M, seed=args.seed + 2))
+    gamma_truth = {group: {k: np.concatenate([b[group][k] for b in batches]) for k in batches[0][group]}
+                   for group in batches[0]}
+    del batches
     reference_seconds = time.perf_counter() - tic
     r_gamma = np.resize(np.array(GAMMA_Z_M), settings.gamma_events * len(GAMMA_Z_M))
     tic = time.perf_counter()

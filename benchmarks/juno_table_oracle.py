@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from detgen.io import read_table
-from detgen.simulators.juno import DEFAULT_DETECTOR, simulate_points
-from detgen.simulators.juno_fast import QUANTILE_Z_MAX, FastMuonSimulator, ResponseTables, r_to_s
+from detgen.simulators.juno import DEFAULT_DETECTOR, radius_s, simulate_points
+from detgen.simulators.juno_fast import QUANTILE_Z_MAX, FastMuonSimulator, ResponseTables
 
 GAMMA_Z_M = [0.0, 5.0, 10.0, 15.0, 17.0]
 
@@ -29,7 +29,7 @@ def oracle_tables(points: str, r_nodes: int, theta_nodes: int) -> ResponseTables
     """Tables whose npe per MeV at each node is the mean npe of the 1 MeV training rows nearest to it."""
     pmt = read_table(points, key="pmt")
     r_max = DEFAULT_DETECTOR.ls_radius_m
-    s_index = np.rint(r_to_s(pmt["r_m"].astype(np.float64), r_max) * (r_nodes - 1)).astype(np.int64)
+    s_index = np.rint(radius_s(pmt["r_m"].astype(np.float64), r_max) * (r_nodes - 1)).astype(np.int64)
     t_index = np.rint(pmt["theta"].astype(np.float64) / np.pi * (theta_nodes - 1)).astype(np.int64)
     cell = s_index * theta_nodes + t_index
     total = np.bincount(cell, pmt["npe"].astype(np.float64), r_nodes * theta_nodes)

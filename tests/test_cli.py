@@ -137,3 +137,31 @@ def test_simulate_juno_group_pmts_keeps_every_count(tmp_path: Path, capsys) -> N
     line = one_line_error(capsys, [*common, "--group-pmts", "13", "-o", str(tmp_path / "bad.h5")])
     assert "--group-pmts 13" in line and "divisor" in line
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_simulate_juno_pool_events(tmp_path: Path, capsys) -> None:
+    """--r-grid K --pool-events: one row per radius and PMT group holding the mean count of that radius' events."""
+    from detgen.io import read_table
+    from detgen.simulators.juno import DEFAULT_DETECTOR, radius_grid
+
+    plain, pooled = tmp_path / "plain.h5", tmp_path / "pooled.h5"
+    common = ["simulate", "juno", "--mode", "point", "--n", "4", "--seed", "3", "--r-grid", "2", "--r-min", "5"]
+    assert detgen([*common, "-o", str(plain)]) == 0
+    assert detgen([*common, "--pool-events", "--group-pmts", "14", "-o", str(pooled)]) == 0
+    per_pmt, rows = read_table(plain, key="pmt"), read_table(pooled, key="pmt")
+    assert len(rows["npe"]) == 2 * DEFAULT_DETECTOR.n_pmt // 14 and set(rows["n_events"].tolist()) == {2}
+    np.testing.assert_allclose(np.unique(rows["r_m"]), radius_grid(2, 5.0), rtol=1e-6)
+    for radius in np.unique(rows["r_m"]):  # same events (same seed): mean count per PMT and event kept
+        total = per_pmt["npe"][np.isclose(per_pmt["r_m"], radius)].sum()
+        assert total > 0
+        assert rows["npe"][rows["r_m"] == radius].sum() * 14 * 2 == pytest.approx(total, rel=1e-5)
+    assert len(read_table(pooled, key="hits")["time_ns"]) == len(read_table(plain, key="hits")["time_ns"])
+    capsys.readouterr()
+    for extra, message in ((["--n", "3"], "not a multiple"), (["--r-grid", "-1"], "--r-grid -1")):
+        args = [*common, "--pool-events", *extra, "-o", str(tmp_path / "bad.h5")]
+        line = one_line_error(capsys, args)
+        assert message in line
+        assert not (tmp_path / "bad.h5").exists()
+    line = one_line_error(capsys, ["simulate", "juno", "--mode", "point", "--n", "2", "--pool-events",
+                                   "-o", str(tmp_path / "bad.h5")])
+    assert "--r-values or --r-grid" in line

@@ -341,14 +341,14 @@ def test_tabulation_of_a_poisson_mean_network_uses_its_mean() -> None:
 def _exact_interpolation(table: np.ndarray, r: np.ndarray, theta: np.ndarray, z: np.ndarray | None = None
                          ) -> np.ndarray:
     """Float64 (bi/tri)linear interpolation of a (R, theta[, Q]) table at (s(R), theta[, z]), border-clamped."""
-    from detgen.simulators.juno_fast import r_to_s
+    from detgen.simulators.juno import radius_s
 
     def split(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         x = np.clip(x, 0, n - 1)
         i = np.minimum(np.floor(x), n - 2).astype(int)
         return i, x - i
 
-    i, a = split(r_to_s(r.astype(np.float64), 17.7) * (table.shape[0] - 1), table.shape[0])
+    i, a = split(radius_s(r.astype(np.float64), 17.7) * (table.shape[0] - 1), table.shape[0])
     j, b = split(theta.astype(np.float64) / math.pi * (table.shape[1] - 1), table.shape[1])
     t = table.astype(np.float64)
     if z is None:

@@ -903,6 +903,89 @@ def simulate_point_batches(n: int, *, batch_events: int = 500, r_range_m: tuple[
         yield tables
 
 
+def radius_s(r_m: Any, r_max_m: float) -> Any:
+    """The radius coordinate s in [0, 1]: s = (x + x^2) / 2, x = R / R_max (3x finer in R at R_max than at 0)."""
+    x = r_m / r_max_m
+    return 0.5 * (x + x * x)
+
+
+def radius_from_s(s: Any, r_max_m: float) -> Any:
+    """Inverse of :func:`radius_s`."""
+    return r_max_m * 0.5 * (np.sqrt(1.0 + 8.0 * s) - 1.0)
+
+
+def radius_grid(k: int, r_min_m: float = 0.0, r_max_m: float | None = None,
+                detector: JunoDetector = DEFAULT_DETECTOR) -> FloatArray:
+    """``k`` radii from ``r_min_m`` to ``r_max_m`` (default the LS radius), uniform in :func:`radius_s`: the
+    spacing of the fast simulation's tables, finest at the LS edge where the response changes fastest."""
+    k = _check_count(k, "radius_grid")
+    r_ls = detector.ls_radius_m
+    high = r_ls if r_max_m is None else float(r_max_m)
+    _check_radii(np.array([r_min_m, high]), detector, "radius_grid range")
+    if high < r_min_m:
+        raise DataError(f"radius_grid: r_min {r_min_m} m > r_max {high} m; expected r_min <= r_max")
+    s = np.linspace(radius_s(float(r_min_m), r_ls), radius_s(high, r_ls), k)
+    return np.clip(radius_from_s(s, r_ls), r_min_m, high)
+
+
+POOLED_COLUMNS = {"event": np.int64, "r_m": np.float32, "theta": np.float32, "npe": np.float32,
+                  "n_pmt": np.int32, "n_events": np.int32}
+
+
+def pool_point_batches(batches: Iterable[dict[str, dict[str, np.ndarray]]], group_size: int = 1,
+                       ) -> Iterator[dict[str, dict[str, np.ndarray]]]:
+    """Point-mode batches with the pmt rows of all events at the same radius pooled into one row per PMT.
+
+    Deposits lie on the z axis, so a PMT's theta is the same in every event, and the counts of the events at
+    one radius are independent Poisson draws of the same mean: their mean per PMT is the sufficient statistic of
+    a Poisson-mean fit (the summed NLL of the events equals n_events x [lambda - n_mean log lambda] up to a
+    constant). Pooled rows (optionally also summed over ``group_size`` PMTs of neighbouring theta, as in
+    :func:`group_pmt_rows`) give the same fit as every event's rows with n_events x group_size times fewer,
+    far less noisy rows. Rows are weighted equally in training, so every radius must have the same number of
+    events (DataError otherwise). The hits pass through batch by batch; the pooled pmt table (``event``: the
+    radius index, ``npe``: mean count per PMT and event, ``n_events``) comes with the last batch.
+    """
+    sums: dict[float, np.ndarray] = {}
+    counts: dict[float, int] = {}
+    theta: np.ndarray | None = None
+    empty = {name: np.zeros(0, dtype=dtype) for name, dtype in POOLED_COLUMNS.items()}
+    pending: dict[str, dict[str, np.ndarray]] | None = None
+    for batch in batches:
+        pmt = batch["pmt"]
+        n_pmt = int(np.count_nonzero(np.asarray(pmt["event"]) == pmt["event"][0])) if len(pmt["event"]) else 0
+        if n_pmt == 0 or len(pmt["event"]) % n_pmt:
+            raise DataError("pmt table: expected one row per PMT and event, ordered by event")
+        npe = np.asarray(pmt["npe"], dtype=np.float64).reshape(-1, n_pmt)
+        radii = np.asarray(pmt["r_m"], dtype=np.float32).reshape(-1, n_pmt)[:, 0]
+        if theta is None:
+            theta = np.asarray(pmt["theta"], dtype=np.float64)[:n_pmt]
+        for radius in np.unique(radii):
+            rows = radii == radius
+            key = float(radius)
+            sums[key] = sums.get(key, 0.0) + npe[rows].sum(axis=0)
+            counts[key] = counts.get(key, 0) + int(rows.sum())
+        if pending is not None:
+            yield pending
+        pending = {"pmt": empty, "hits": batch["hits"]}
+    if pending is None or theta is None:
+        raise DataError("pool_point_batches: no events to pool")
+    per_radius = sorted(set(counts.values()))
+    if len(per_radius) != 1:
+        raise DataError(f"pooled point data: radii have {per_radius[0]}-{per_radius[-1]} events; pooled rows are "
+                        "weighted equally, so every radius needs the same number of events (make --n a multiple "
+                        "of the number of radii)")
+    radii_sorted = sorted(sums)
+    n_pmt = len(theta)
+    table: dict[str, np.ndarray] = {"event": np.repeat(np.arange(len(radii_sorted)), n_pmt),
+             "r_m": np.repeat(np.array(radii_sorted, dtype=np.float32), n_pmt),
+             "theta": np.tile(theta, len(radii_sorted)),
+             "npe": np.concatenate([sums[r] / counts[r] for r in radii_sorted])}
+    pooled = group_pmt_rows(table, group_size)
+    pooled["n_events"] = np.full(len(pooled["npe"]), per_radius[0], dtype=np.int32)
+    yield {"pmt": {name: pooled[name].astype(dtype) for name, dtype in POOLED_COLUMNS.items()},
+           "hits": pending["hits"]}
+
+
 CLI_HELP = ("JUNO central detector, photon-by-photon optical transport: point deposits on the z axis "
             "(--mode point: HDF5 groups pmt and hits) or cosmic muons (--mode muon)")
 
@@ -955,6 +1038,14 @@ def add_cli_arguments(parser: Any) -> None:
                         help="point mode: largest radius (m); R is uniform on [r-min, r-max]")
     parser.add_argument("--r-values", default=None,
                         help="point mode: comma-separated radii (m) used in turn instead of a uniform R")
+    parser.add_argument("--r-grid", type=int, default=0,
+                        help="point mode: use this many radii from --r-min to --r-max in turn instead of a uniform "
+                             "R, spaced like the fast simulation's tables (finest at the LS edge)")
+    parser.add_argument("--pool-events", action="store_true",
+                        help="point mode, with --r-values or --r-grid: write the pmt table as one row per radius "
+                             "and PMT (or PMT group, --group-pmts) with the mean count over that radius' events "
+                             "(training data for the Poisson NN_npe; --n must be a multiple of the number of "
+                             "radii); the hits table is unchanged")
     parser.add_argument("--batch-events", type=int, default=500,
                         help="point mode: events simulated and written at a time (memory ~1 GB per 500 events)")
     parser.add_argument("--group-pmts", type=int, default=0,
@@ -968,23 +1059,38 @@ def simulate_cli(args: Any, *, progress: bool) -> tuple[Any, dict[str, Any]]:
     if args.mode == "muon":
         return simulate_muons(args.n, seed=args.seed, step_m=args.step_m, progress=progress)
     r_values = None
+    if args.r_values and args.r_grid:
+        raise DataError("--r-values and --r-grid: give one of them")
     if args.r_values:
         try:
             r_values = [float(x) for x in args.r_values.split(",") if x.strip()]
         except ValueError as error:
             raise DataError(f"--r-values {args.r_values!r}: expected comma-separated numbers in m") from error
+    elif args.r_grid:
+        if args.r_grid < 1:
+            raise DataError(f"--r-grid {args.r_grid}: expected a positive number of radii")
+        r_values = radius_grid(args.r_grid, args.r_min, args.r_max).tolist()
+    if args.pool_events and r_values is None:
+        raise DataError("--pool-events pools the events of each radius: give the radii with --r-values or --r-grid")
+    if args.pool_events and args.n % len(r_values):  # type: ignore[arg-type]
+        raise DataError(f"--pool-events: --n {args.n} is not a multiple of the {len(r_values)} radii "  # type: ignore[arg-type]
+                        "(pooled rows are weighted equally, so every radius needs the same number of events)")
     # lazy: the batches are simulated while write_cli_output writes them; info fills in as they go
     info: dict[str, Any] = {}
     batches = simulate_point_batches(args.n, batch_events=args.batch_events, r_range_m=(args.r_min, args.r_max),
                                      r_values_m=r_values, energy_mev=args.energy_mev, seed=args.seed,
                                      progress=progress, info=info)
-    if args.group_pmts:
-        if args.group_pmts < 0 or DEFAULT_DETECTOR.n_pmt % args.group_pmts:
-            raise DataError(f"--group-pmts {args.group_pmts}: expected a positive divisor of the "
-                            f"{DEFAULT_DETECTOR.n_pmt} PMTs (e.g. 14), or 0")
+    if args.group_pmts and (args.group_pmts < 0 or DEFAULT_DETECTOR.n_pmt % args.group_pmts):
+        raise DataError(f"--group-pmts {args.group_pmts}: expected a positive divisor of the "
+                        f"{DEFAULT_DETECTOR.n_pmt} PMTs (e.g. 14), or 0")
+    if args.pool_events:
+        batches = pool_point_batches(batches, max(args.group_pmts, 1))
+        info["pmt_rows_pooled_over_events_per_radius"] = args.n // len(r_values)  # type: ignore[arg-type]
+    elif args.group_pmts:
         size = args.group_pmts
         batches = ({**tables, "pmt": group_pmt_rows(tables["pmt"], size)} for tables in batches)
-        info["pmt_rows_grouped_by"] = size
+    if args.group_pmts:
+        info["pmt_rows_grouped_by"] = args.group_pmts
     return _PointBatches(batches), info
 
 

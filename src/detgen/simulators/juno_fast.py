@@ -77,6 +77,8 @@ from detgen.simulators.juno import (
     muon_deposits,
     pmt_positions,
     pmt_theta,
+    radius_from_s,
+    radius_s,
     track_chord,
 )
 
@@ -92,19 +94,11 @@ DEQUANTIZED_NPE_COLUMN = "npe_dequantized"
 
 
 # ------------------------------------------------------------------------------------------------- grids
-def r_to_s(r_m: Tensor | np.ndarray, r_max_m: float) -> Any:
-    """The grid coordinate s in [0, 1] of a radius: s = (x + x^2) / 2, x = R / R_LS."""
-    x = r_m / r_max_m
-    return 0.5 * (x + x * x)
-
-
-def s_to_r(s: np.ndarray, r_max_m: float) -> np.ndarray:
-    return r_max_m * 0.5 * (np.sqrt(1.0 + 8.0 * s) - 1.0)
 
 
 def grid_nodes(r_nodes: int, theta_nodes: int, r_max_m: float) -> tuple[np.ndarray, np.ndarray]:
     """Radius nodes (m; uniform in s(R)) and theta nodes (rad; uniform on [0, pi])."""
-    return s_to_r(np.linspace(0.0, 1.0, r_nodes), r_max_m), np.linspace(0.0, math.pi, theta_nodes)
+    return radius_from_s(np.linspace(0.0, 1.0, r_nodes), r_max_m), np.linspace(0.0, math.pi, theta_nodes)
 
 
 def _noise_grid(draws: int) -> tuple[np.ndarray, np.ndarray]:
@@ -259,7 +253,7 @@ class ResponseTables(nn.Module):
         self.register_buffer("time_quantiles", torch.zeros(r_nodes, theta_nodes, quantile_nodes))
 
     def _rt_grid(self, r_m: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
-        return 2.0 * r_to_s(r_m, self.r_max_m) - 1.0, theta * (2.0 / math.pi) - 1.0
+        return 2.0 * radius_s(r_m, self.r_max_m) - 1.0, theta * (2.0 / math.pi) - 1.0
 
     def lookup(self, r_m: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
         """Mean npe per MeV and the earliest tabulated hit time (ns) at (r_m, theta) of any shape."""
@@ -309,7 +303,7 @@ class PackedTables:
         the npe rows are mean p.e. of each deposit (npe per MeV x energy; energies must be >= 0), with
         ``times`` (M,) ns the time rows include each deposit's time.
         """
-        y = (r_to_s(r_m, self.r_max_m) * (self.n_r - 1)).clamp(0.0, self.n_r - 1.0)
+        y = (radius_s(r_m, self.r_max_m) * (self.n_r - 1)).clamp(0.0, self.n_r - 1.0)
         i0 = y.floor().clamp_max(self.n_r - 2).long()
         rho = y - i0
         npe = torch.lerp(self.npe[i0], self.npe[i0 + 1], rho[:, None, None])  # (M, T-1, 2)
