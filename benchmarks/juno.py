@@ -6,12 +6,11 @@
 2. train NN_npe and NN_time (configs/juno_npe.yaml, configs/juno_time.yaml) once per loss (--losses, "" for
    none), and the conditional flows (configs/juno_npe_flow.yaml on dequantised npe, configs/juno_time_flow.yaml)
    with the small comparison settings (train_rows, epochs), on the training events; then the pair "full":
-   NN_npe as a Poisson mean (configs/juno_npe_poisson.yaml) on ``pool_radii`` radii x ``pool_events`` events
-   pooled per radius and groups of ``group_size`` PMTs (``detgen simulate juno --r-grid --pool-events
-   --group-pmts``: points_pooled.h5), and the time flow (configs/juno_time_flow.yaml) on the hits of the
-   training events plus ``poisson_events`` (R uniform) and ``edge_events`` (R on ``edge_range_m``) more
-   (points_grouped.h5), each with its config's rows and epochs; score each pair by simulating the test events straight from the networks (npe from
-   NN_npe per PMT, one NN_time draw per p.e.) and validating against the reference
+   NN_npe as a Poisson mean (configs/juno_npe_poisson.yaml) and the time flow (configs/juno_time_flow.yaml)
+   with their configs' rows and epochs, on ``pool_radii`` radii x ``pool_events`` events (``detgen simulate juno
+   --r-grid --pool-events --group-pmts``: points_pooled.h5; NN_npe on its pooled pmt rows, the flow on its hits);
+   score each pair by simulating the test events straight from the networks (npe from NN_npe per PMT, one
+   NN_time draw per p.e.) and validating against the reference
    (detgen.validation.juno.validate_juno);
 3. tabulate a pair (--table-pair: by default "full,full", the Poisson NN_npe and the time flow of
    configs/juno_muon.yaml; or the lowest mean separation power per (R, theta) bin of npe and of first-hit time) with
@@ -46,7 +45,6 @@ from detgen.io import read_table, write_table
 from detgen.runs import load_run
 from detgen.simulators.juno import (
     NO_HIT_TIME_NS,
-    group_pmt_rows,
     pool_point_batches,
     radius_grid,
     simulate_muons,
@@ -73,14 +71,10 @@ class Settings:
     muons: int = 6
     train_rows: int = 200_000
     epochs: int = 3
-    # more point events for the Poisson NN_npe and the time flow (pmt rows grouped by group_size): R uniform on
-    # 0-17.7 m, and edge_events more with R uniform on edge_range_m, where the response changes fastest
-    poisson_events: int = 1000
-    edge_events: int = 1000
-    edge_range_m: tuple[float, float] = (13.0, 17.7)
     group_size: int = 14
-    # the Poisson NN_npe's data: pool_events events at each of pool_radii radii (spaced like the tables), the
-    # pmt rows of a radius pooled (mean count per PMT group): n_events x group_size fewer, far less noisy rows
+    # the "full" pair's data: pool_events events at each of pool_radii radii (spaced like the tables); NN_npe
+    # trains on the pmt rows of a radius pooled (mean count per PMT group: n_events x group_size fewer, far
+    # less noisy rows), the time flow on the hits
     pool_radii: int = 300
     pool_events: int = 100
     full_rows: int | None = None  # rows / epochs of the Poisson NN_npe and the time flow (None: their configs')
@@ -92,7 +86,7 @@ class Settings:
 
 
 QUICK = Settings(train_events=40, test_events=120, gamma_events=25, muons=2, train_rows=60_000, epochs=1,
-                 poisson_events=40, edge_events=40, pool_radii=20, pool_events=4, full_rows=60_000, full_epochs=1, r_nodes=24, theta_nodes=31, noise_draws=64, steps_m=(0.5,))
+                 pool_radii=20, pool_events=4, full_rows=60_000, full_epochs=1, r_nodes=24, theta_nodes=31, noise_draws=64, steps_m=(0.5,))
 
 
 def config(name: str, settings: Settings, *, full: bool = False, **model: Any) -> Any:
@@ -109,35 +103,8 @@ def config(name: str, settings: Settings, *, full: bool = False, **model: Any) -
     return config_from_dict(raw, source=name)
 
 
-def grouped_points(path: Path, train_tables: dict[str, dict[str, np.ndarray]], settings: Settings, seed: int
-                   ) -> dict[str, float]:
-    """The time flow's training file (its hits; the pmt rows, small when grouped, are not used): the training events, ``poisson_events`` more (seed
-    ``[seed, batch]``) and ``edge_events`` with R on ``edge_range_m`` (seed ``[seed + 1, batch]``), pmt rows
-    grouped by ``group_size`` PMTs (``group_pmt_rows``), every hit kept."""
-    hit_columns = ("event", "pmt", "r_m", "theta", "time_ns")
-    tic = time.perf_counter()
-
-    def batches() -> Any:
-        yield {"pmt": group_pmt_rows(train_tables["pmt"], settings.group_size),
-               "hits": {k: np.asarray(train_tables["hits"][k]) for k in hit_columns}}
-        offset = int(np.max(train_tables["pmt"]["event"])) + 1
-        for n, r_range, part_seed in ((settings.poisson_events, (0.0, 17.7), seed),
-                                      (settings.edge_events, settings.edge_range_m, seed + 1)):
-            for tables in simulate_point_batches(n, batch_events=200, r_range_m=r_range, seed=part_seed):
-                grouped = group_pmt_rows(tables["pmt"], settings.group_size)
-                grouped["event"] = grouped["event"] + offset
-                hits = {k: np.asarray(tables["hits"][k]) for k in hit_columns}
-                hits["event"] = (hits["event"] + offset).astype(train_tables["hits"]["event"].dtype)
-                yield {"pmt": grouped, "hits": hits}
-            offset += n
-
-    rows = write_point_tables(path, batches())
-    return {"events": settings.train_events + settings.poisson_events + settings.edge_events, "rows": rows,
-            "seconds": round(time.perf_counter() - tic, 1)}
-
-
 def pooled_points(path: Path, settings: Settings, seed: int) -> dict[str, float]:
-    """The Poisson NN_npe's training file (``detgen simulate juno --r-grid K --pool-events --group-pmts G``)."""
+    """The full pair's training file (``detgen simulate juno --r-grid K --pool-events --group-pmts G``)."""
     tic = time.perf_counter()
     radii = radius_grid(settings.pool_radii)
     n = settings.pool_radii * settings.pool_events
@@ -190,7 +157,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--table-pair", default="full,full", metavar="NPE,TIME",
                         help="runs to tabulate after training (full = the Poisson NN_npe / time flow trained with their "
-                             "configs on the grouped data, as configs/juno_muon.yaml), or 'best': lowest mean "
+                             "configs on the pooled data, as configs/juno_muon.yaml), or 'best': lowest mean "
                              "separation power per (R, theta) bin")
     parser.add_argument("--reuse-runs", default=None, metavar="NPE,TIME",
                         help="skip training: tabulate the runs out/runs/npe_NPE and out/runs/time_TIME of an earlier "
@@ -234,10 +201,8 @@ def train_networks(args: Any, settings: Settings, out: Path, results: dict[str, 
     results["reference_points"] = {"events_per_s": info["events_per_s"], "pe_per_s": info["pe_per_s"],
                                    "seconds": round(time.perf_counter() - tic, 2)}
     log(f"point data: {settings.train_events} + {settings.test_events} events ({results['reference_points']})")
-    results["grouped_points"] = grouped_points(out / "points_grouped.h5", train_tables, settings, seed=args.seed + 10)
-    log(f"point data for the time flow: {results['grouped_points']}")
     results["pooled_points"] = pooled_points(out / "points_pooled.h5", settings, seed=args.seed + 20)
-    log(f"pooled point data for the Poisson NN_npe: {results['pooled_points']}")
+    log(f"pooled point data for the Poisson NN_npe and the time flow: {results['pooled_points']}")
 
     # 2. networks: each loss, and the flow --------------------------------------------------------------
     runs: dict[str, Path] = {}
@@ -266,12 +231,11 @@ def train_networks(args: Any, settings: Settings, out: Path, results: dict[str, 
                             out / "report_networks_flow", make_figures=False)
     networks["npe_flow"].update(summary(metrics))
     log(f"flows (npe and time): {summary(metrics)}")
-    # the pair "full": the Poisson-mean NN_npe (pooled pmt rows) and the time flow (the hits of train_events +
-    # poisson_events + edge_events events), each with its config's rows and epochs
-    for what, name, data in (("npe", "juno_npe_poisson", "points_pooled.h5"),
-                             ("time", "juno_time_flow", "points_grouped.h5")):
+    # the pair "full": the Poisson-mean NN_npe (pooled pmt rows) and the time flow (their hits), each with its
+    # config's rows and epochs
+    for what, name in (("npe", "juno_npe_poisson"), ("time", "juno_time_flow")):
         tic = time.perf_counter()
-        runs[f"{what}_full"] = train(config(name, settings, full=True), out / data,
+        runs[f"{what}_full"] = train(config(name, settings, full=True), out / "points_pooled.h5",
                                      out / "runs" / f"{what}_full", progress=False, log=lambda s: None)
         networks[f"{what}_full"] = {"train_seconds": round(time.perf_counter() - tic, 1)}
         log(f"trained {what}_full ({name}) in {networks[f'{what}_full']['train_seconds']} s")
