@@ -196,3 +196,52 @@ def test_rows_left_out_by_groups_are_reported(tmp_path: Path) -> None:
     n_electrons = int((read_table(data)["species"] == "e-").sum())
     assert json.loads((run_dir / "meta.json").read_text())["data"]["not_in_groups_species"] == n_electrons
     assert any(f"not_in_groups_species {n_electrons}" in m for m in messages)
+
+
+def test_max_train_rows_and_metric_rows_take_random_rows_not_the_head_of_the_file() -> None:
+    """A file ordered by a column (one sample after another) must not lose its tail to max_train_rows, nor the
+    validation metric its tail to metric_rows."""
+    import numpy as np
+    import torch
+
+    from detgen.config import DataConfig, TrainingConfig
+    from detgen.dataset import split_table
+    from detgen.training import validation_scores
+
+    n = 20_000
+    table = {"x": np.arange(n, dtype=np.float64), "y": np.arange(n, dtype=np.float64)}
+    data = DataConfig(conditions=["x"], targets=["y"], max_train_rows=2_000)
+    train, val, _ = split_table(table, data)
+    kept = train["x"]
+    assert len(kept) == 2_000 and np.all(np.diff(kept) > 0)  # a subset, in file order
+    assert kept.max() > 0.95 * n and abs(kept.mean() - n / 2) < 0.05 * n  # spread over the whole file
+    np.testing.assert_array_equal(split_table(table, data)[0]["x"], kept)  # reproducible
+    assert not set(kept) & set(val["x"])
+
+    class Recorder(torch.nn.Module):
+        """Records the rows the validation metric is computed on."""
+
+        trainable, noise_dim = True, 1
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[torch.Tensor] = []
+
+        def validation_loss(self, targets: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+            self.seen.append(conditions[:, 0].clone())
+            return targets.mean()
+
+        def generator(self) -> torch.nn.Module:
+            return Echo()
+
+    class Echo(torch.nn.Module):
+        def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+            return conditions
+
+    ordered = torch.arange(n, dtype=torch.float32)[:, None]
+    model = Recorder()
+    validation_scores(model, (ordered, ordered), TrainingConfig(metric_rows=1_000))  # type: ignore[arg-type]
+    validation_scores(model, (ordered, ordered), TrainingConfig(metric_rows=1_000))  # type: ignore[arg-type]
+    first, second = model.seen
+    assert len(first) == 1_000 and first.max() > 0.95 * n  # not rows 0..999
+    assert torch.equal(first, second)  # the same rows every epoch

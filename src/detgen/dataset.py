@@ -65,11 +65,17 @@ def read_training_table(path: str | Path, data: DataConfig, *, all_columns: bool
 
 
 def split_table(table: Table, data: DataConfig) -> tuple[Table, Table, Table]:
-    """The reproducible train/validation/test split of the (selected) rows."""
+    """The reproducible train/validation/test split of the (selected) rows.
+
+    ``max_train_rows`` keeps a random subset of the training rows (seeded by ``split_seed``, in file order),
+    not the first ones: files are often ordered (by event, energy, or one sample after another), and the head
+    of the file would be a biased sample.
+    """
     fractions = (data.split[0], data.split[1], data.split[2])
     train, val, test = split_indices(table_length(table), fractions, seed=data.split_seed)
-    if data.max_train_rows is not None:
-        train = train[: data.max_train_rows]
+    if data.max_train_rows is not None and len(train) > data.max_train_rows:
+        rng = np.random.default_rng([data.split_seed, 1])
+        train = np.sort(rng.choice(train, size=data.max_train_rows, replace=False))
     return select_rows(table, train), select_rows(table, val), select_rows(table, test)
 
 

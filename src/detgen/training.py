@@ -71,7 +71,10 @@ def validation_scores(
 ) -> dict[str, float]:
     targets, conditions = val
     rows = targets.shape[0] if training.metric_rows is None else min(training.metric_rows, targets.shape[0])
-    targets, conditions = targets[:rows], conditions[:rows]
+    if rows < targets.shape[0]:  # the same random rows every epoch (the validation split is in file order)
+        pick = torch.randperm(targets.shape[0], generator=torch.Generator().manual_seed(training.seed + 104729))
+        pick = pick[:rows].sort().values.to(targets.device)
+        targets, conditions = targets[pick], conditions[pick]
     model.eval()
     losses = []
     if model.trainable:
