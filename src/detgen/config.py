@@ -57,7 +57,7 @@ class DataConfig:
     #: ROOT tree or HDF5 group to read (None: the only one there / the file root).
     tree: str | None = None
     key: str | None = None
-    #: Use at most this many training rows (None: all).
+    #: Use at most this many training rows, a random subset in file order (None: all).
     max_train_rows: int | None = None
     #: How array-column targets (images) are preprocessed.
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -392,7 +392,7 @@ class TrainingConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     #: Best epoch by: mean_wasserstein (mean 1-D W1 on the validation split, standardised units) or val_loss.
     best_metric: str = "mean_wasserstein"
-    #: Validation rows used for the sampled metric (None: all).
+    #: Validation rows (a fixed random subset) used for val_loss and the sampled metric (None: all).
     metric_rows: int | None = 50_000
     grad_clip: float | None = None
     #: Stop when the best metric has not improved for this many epochs (None: never).
