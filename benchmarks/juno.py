@@ -41,7 +41,7 @@ import yaml
 
 from detgen.config import config_from_dict
 from detgen.generation import generate
-from detgen.io import read_table, write_table
+from detgen.io import concat_tables, read_table, write_table
 from detgen.runs import load_run
 from detgen.simulators.juno import (
     NO_HIT_TIME_NS,
@@ -290,8 +290,7 @@ def tables_and_muons(args: Any, settings: Settings, out: Path, results: dict[str
     tic = time.perf_counter()
     batches = list(simulate_point_batches(settings.gamma_events * len(GAMMA_Z_M), batch_events=500,
                                           r_values_m=GAMMA_Z_M, seed=args.seed + 2))
-    gamma_truth = {group: {k: np.concatenate([b[group][k] for b in batches]) for k in batches[0][group]}
-                   for group in batches[0]}
+    gamma_truth = {group: concat_tables([b[group] for b in batches]) for group in batches[0]}
     del batches
     reference_seconds = time.perf_counter() - tic
     r_gamma = np.resize(np.array(GAMMA_Z_M), settings.gamma_events * len(GAMMA_Z_M))
