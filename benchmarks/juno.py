@@ -79,8 +79,8 @@ class Settings:
     pool_events: int = 100
     full_rows: int | None = None  # rows / epochs of the Poisson NN_npe and the time flow (None: their configs')
     full_epochs: int | None = None
-    r_nodes: int = 60
-    theta_nodes: int = 91
+    r_nodes: int = 120
+    theta_nodes: int = 181
     noise_draws: int = 256
     steps_m: tuple[float, ...] = (1.0, 0.5, 0.1)
 

@@ -19,6 +19,7 @@ from detgen.simulators.juno_fast import (
     QUANTILE_Z_MAX,
     FastMuonSimulator,
     ResponseTables,
+    calibrate_time_quantiles,
     generate_muons,
     grid_nodes,
     tabulate_response,
@@ -314,6 +315,25 @@ def test_juno_muon_family_train_and_generate(tmp_path: Path) -> None:
     main(["--no-progress", "generate", str(tmp_path / "muon"), "--conditions", str(tmp_path / "tracks.h5"),
           "-o", str(tmp_path / "again.h5"), "--seed", "3"])
     assert np.array_equal(read_table(tmp_path / "again.h5")["npe"], out["npe"])
+    # the time table was calibrated on the time run's training hits (its split's first half of the file's hits)
+    import json
+
+    fit_info = json.loads((tmp_path / "muon" / "meta.json").read_text())["fit_info"]
+    n_hits = len(read_table(tmp_path / "points.h5", key="hits")["time_ns"])
+    assert 0 < fit_info["time_calibration_hits"] <= n_hits // 2 + 1
+    # ... which needs the time run's own file: a changed file is refused, with time_calibration_rows: 0 it is skipped
+    tables["hits"]["time_ns"] = tables["hits"]["time_ns"] + 1.0
+    write_point_tables(tmp_path / "points.h5", tables)
+    from detgen.errors import SchemaError
+
+    with pytest.raises(SchemaError, match="sha256 differs"):
+        train(config_from_dict(muon_cfg), tmp_path / "points.h5", tmp_path / "muon2", progress=False,
+              log=lambda s: None)
+    assert not (tmp_path / "muon2" / "model.safetensors").exists()
+    muon_cfg["model"]["time_calibration_rows"] = 0  # type: ignore[index]
+    train(config_from_dict(muon_cfg), tmp_path / "points.h5", tmp_path / "muon3", progress=False, log=lambda s: None)
+    fit_info = json.loads((tmp_path / "muon3" / "meta.json").read_text())["fit_info"]
+    assert "time_calibration_hits" not in fit_info
 
 
 def test_juno_muon_config_checks() -> None:
@@ -524,3 +544,61 @@ def test_non_monotone_time_table_is_refused() -> None:
         FastMuonSimulator(tables, detector=SMALL)
     with pytest.raises(DataError, match="early_pe"):
         FastMuonSimulator(_known_tables(), detector=SMALL, early_pe=0.0)
+
+
+def _calibration_case(hits: int, *, distort: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(true table, table to calibrate, calibrated table): hits drawn from the true (interpolated) table."""
+    truth = _known_tables(r_nodes=8, theta_nodes=9, quantile_nodes=48)
+    rng = np.random.default_rng(seed)
+    from detgen.simulators.juno import radius_from_s
+
+    r = radius_from_s(rng.uniform(0, 1, hits), 17.7)
+    theta = rng.uniform(0, math.pi, hits)
+    z = np.clip(rng.standard_normal(hits), -QUANTILE_Z_MAX, QUANTILE_Z_MAX)
+    with torch.no_grad():
+        t = truth.time_quantile(*(torch.from_numpy(a).float() for a in (r, theta, z))).double().numpy()
+    true_q = truth.time_quantiles.double().numpy()
+    given = true_q.copy()
+    if distort:  # a network that is late by 0..0.4 sigma (varying with theta) and 15 % too wide
+        _, theta_nodes = grid_nodes(8, 9, 17.7)
+        mean = true_q[..., true_q.shape[2] // 2 - 1 : true_q.shape[2] // 2 + 1].mean(2, keepdims=True)
+        given = mean + 1.15 * (true_q - mean) + 0.2 * SIGMA_NS * (1 + np.cos(theta_nodes))[None, :, None]
+    calibrated, info = calibrate_time_quantiles(given, r, theta, t, r_max_m=17.7)
+    assert info["time_calibration_hits"] == hits
+    return true_q, given, calibrated
+
+
+def _within_levels(table: np.ndarray, z_max: float = 2.5) -> np.ndarray:
+    z = np.linspace(-QUANTILE_Z_MAX, QUANTILE_Z_MAX, table.shape[2])
+    return table[..., np.abs(z) <= z_max]
+
+
+def test_time_calibration_corrects_a_miscalibrated_table() -> None:
+    """Hits from a known hit-time law pull a table that is late and too wide back onto it (|z| <= 2.5)."""
+    true_q, given, calibrated = _calibration_case(600_000, distort=True)
+    before = np.abs(_within_levels(given - true_q))
+    after = np.abs(_within_levels(calibrated - true_q))
+    assert before.max() > 0.7 * SIGMA_NS and np.median(before) > 0.2 * SIGMA_NS  # the distortion is large ...
+    # ... and is removed to the hits' statistical precision (~8,000 hits per cell: a quantile at z = +-2.5 is
+    # known to ~0.05 sigma, and the worst of 72 cells x 26 levels is a few times that)
+    assert np.median(after) < 0.02 * SIGMA_NS
+    assert after.max() < 0.25 * SIGMA_NS
+    assert np.all(np.diff(calibrated, axis=2) >= 0)  # still quantile functions
+
+
+def test_time_calibration_keeps_a_right_table_and_shrinks_sparse_cells() -> None:
+    """A table that is already right moves only by the hits' noise; with few hits per cell it barely moves."""
+    true_q, _, calibrated = _calibration_case(600_000, distort=False)
+    moved = np.abs(_within_levels(calibrated - true_q))
+    assert np.median(moved) < 0.02 * SIGMA_NS and moved.max() < 0.2 * SIGMA_NS
+    _, given, calibrated = _calibration_case(300, distort=True, seed=1)  # ~4 hits per cell, prior 1000 hits
+    assert np.abs(calibrated - given).max() < 0.05 * SIGMA_NS
+
+
+def test_time_calibration_refuses_hits_outside_the_grid() -> None:
+    table = _known_tables(r_nodes=4, theta_nodes=5, quantile_nodes=8).time_quantiles.double().numpy()
+    with pytest.raises(DataError, match=r"hits.h5: 1 hit\(s\) outside R"):
+        calibrate_time_quantiles(table, np.array([1.0, 18.5]), np.array([0.5, 0.5]), np.array([60.0, 61.0]),
+                                 r_max_m=17.7, source="hits.h5")
+    with pytest.raises(DataError, match="outside"):
+        calibrate_time_quantiles(table, np.array([1.0]), np.array([-0.1]), np.array([60.0]), r_max_m=17.7)

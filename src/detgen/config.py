@@ -351,6 +351,12 @@ class JunoMuonConfig:
     #: (deposit, PMT) pairs per PMT sampled individually before the exact pruning check of
     #: FastMuonSimulator.response_pairwise (the default sampler, response, does not use it).
     first_candidates: int = 12
+    #: Hits of the time run's training split used to recalibrate the tabulated hit-time quantiles
+    #: (juno_fast.calibrate_time_quantiles; 0: off), the calibration's passes, and the hits per grid cell at
+    #: which a cell's correction is shrunk to half (sparse cells stay close to the network).
+    time_calibration_rows: int = 30_000_000
+    time_calibration_passes: int = 2
+    time_calibration_prior_hits: float = 1000.0
 
     def check(self, data: DataConfig, source: str) -> None:
         from detgen.simulators.juno_fast import check_juno_muon_config

@@ -261,6 +261,102 @@ def tabulate_response(npe_run: Any, time_run: Any, *, r_nodes: int, theta_nodes:
     }
 
 
+#: Standard-normal quantile levels at which ``calibrate_time_quantiles`` matches the table to the hits
+#: (|z| <= 2.5: with ~5,000 hits per grid cell the levels beyond are too noisy to move the table).
+CALIBRATION_Z = np.linspace(-2.5, 2.5, 11)
+_PIT_BINS = np.linspace(-5.0, 5.0, 401)  # histogram of the hits' table z per grid cell
+
+
+def _table_z(quantiles: np.ndarray, cells: tuple[np.ndarray, ...], time_ns: np.ndarray, chunk: int = 262144
+             ) -> np.ndarray:
+    """Each hit's position z in its (bilinearly interpolated) tabulated quantile function: t = Q(R, theta, z).
+
+    Hits before the first (after the last) node get z = -(+) (QUANTILE_Z_MAX + 0.25)."""
+    i0, j0, wr, wt = cells
+    n_nodes = quantiles.shape[2]
+    z_nodes = np.linspace(-QUANTILE_Z_MAX, QUANTILE_Z_MAX, n_nodes)
+    out = np.empty(len(time_ns))
+    for start in range(0, len(time_ns), chunk):
+        rows = slice(start, start + chunk)
+        a, b, x, y = i0[rows], j0[rows], wr[rows, None], wt[rows, None]
+        q = ((1 - x) * ((1 - y) * quantiles[a, b] + y * quantiles[a, b + 1])
+             + x * ((1 - y) * quantiles[a + 1, b] + y * quantiles[a + 1, b + 1]))
+        t = time_ns[rows]
+        above = (q <= t[:, None]).sum(1)  # nodes at or before each hit
+        k = np.clip(above, 1, n_nodes - 1)
+        low = np.take_along_axis(q, (k - 1)[:, None], 1)[:, 0]
+        high = np.take_along_axis(q, k[:, None], 1)[:, 0]
+        frac = np.clip((t - low) / np.maximum(high - low, 1e-9), 0.0, 1.0)
+        z = z_nodes[k - 1] + frac * (z_nodes[1] - z_nodes[0])
+        z[above == 0] = -QUANTILE_Z_MAX - 0.25
+        z[above == n_nodes] = QUANTILE_Z_MAX + 0.25
+        out[rows] = z
+    return out
+
+
+def calibrate_time_quantiles(quantiles: np.ndarray, r_m: np.ndarray, theta: np.ndarray, time_ns: np.ndarray, *,
+                             r_max_m: float, passes: int = 2, prior_hits: float = 1000.0, source: str = "hits",
+                             log: Log | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Recalibrate NN_time's tabulated quantile functions (R, T, Q) against single-p.e. hits (r_m, theta, time_ns).
+
+    The flow's hit-time quantiles at R >= 10 m move by up to ~0.3 ns from one training to the next (the 1 MeV
+    gammas' median is a mixture over theta, so this is ~0.2-0.3 ns there; docs/juno_fast.md). This is the
+    time analogue of NN_npe's exact Poisson scale refit: a probability-integral-transform (PIT) calibration.
+    Each hit's z in its interpolated table is histogrammed per grid cell (bilinear weights); where the table
+    is right these z are N(0, 1). Per cell, the z-quantiles zt_k of the hits at levels Phi(z_k), z_k in
+    ``CALIBRATION_Z``, define a monotone map m(z) = z + d(z), d piecewise linear through
+    (z_k, (zt_k - z_k) n / (n + prior_hits)) and constant beyond (n: the cell's hits; the prior shrinks the map
+    of sparse cells towards the identity), and the cell's quantile function becomes Q(m(z)). ``passes``
+    repeats this (neighbouring cells share hits through the interpolation). The network keeps the shape between
+    the levels and in the tails (the first hit of a muon's PMT lives at z ~ -3.5); the hits move the
+    quantiles at |z| <= 2.5 by the small amounts the network missed.
+    """
+    r_grid_s = radius_s(np.asarray(r_m, dtype=np.float64), r_max_m)
+    theta = np.asarray(theta, dtype=np.float64)
+    outside = (r_grid_s < 0) | (r_grid_s > 1.0 + 1e-6) | (theta < 0) | (theta > math.pi + 1e-6)
+    if np.any(outside):
+        raise DataError(f"{source}: {int(np.count_nonzero(outside))} hit(s) outside R in [0, {r_max_m}] m or theta in "
+                        "[0, pi]; the time calibration needs hits inside the tabulated grid")
+    n_r, n_t, n_q = quantiles.shape
+    fr, ft = r_grid_s * (n_r - 1), theta / math.pi * (n_t - 1)
+    i0 = np.clip(np.floor(fr).astype(np.int64), 0, n_r - 2)
+    j0 = np.clip(np.floor(ft).astype(np.int64), 0, n_t - 2)
+    cells = (i0, j0, fr - i0, ft - j0)
+    time_ns = np.asarray(time_ns, dtype=np.float64)
+    z_nodes = np.linspace(-QUANTILE_Z_MAX, QUANTILE_Z_MAX, n_q)
+    from scipy.special import ndtr
+
+    n_bins = len(_PIT_BINS) - 1
+    probabilities = ndtr(CALIBRATION_Z)
+    table = np.asarray(quantiles, dtype=np.float64).copy()
+    info: dict[str, Any] = {"time_calibration_hits": len(time_ns), "time_calibration_passes": passes}
+    for step in range(passes):
+        z = _table_z(table, cells, time_ns)
+        z_bin = np.clip(np.searchsorted(_PIT_BINS, z) - 1, 0, n_bins - 1)
+        histogram = np.zeros(n_r * n_t * n_bins)
+        for dr, dt, weight in ((0, 0, (1 - cells[2]) * (1 - cells[3])), (0, 1, (1 - cells[2]) * cells[3]),
+                               (1, 0, cells[2] * (1 - cells[3])), (1, 1, cells[2] * cells[3])):
+            cell = (i0 + dr) * n_t + (j0 + dt)
+            histogram += np.bincount(cell * n_bins + z_bin, weights=weight, minlength=len(histogram))
+        histogram = histogram.reshape(n_r, n_t, n_bins)
+        hits = histogram.sum(2)
+        cdf = np.cumsum(histogram, 2) / np.maximum(hits, 1e-12)[..., None]
+        moved = []
+        for i, j in zip(*np.nonzero(hits > 0)):
+            measured = np.interp(probabilities, cdf[i, j], _PIT_BINS[1:])
+            shift = (measured - CALIBRATION_Z) * hits[i, j] / (hits[i, j] + prior_hits)
+            table[i, j] = np.interp(z_nodes + np.interp(z_nodes, CALIBRATION_Z, shift), z_nodes, table[i, j])
+            moved.append(float(np.abs(shift).max()))
+        info[f"time_calibration_pass{step}_pit_z_mean"] = round(float(z.mean()), 5)
+        info[f"time_calibration_pass{step}_pit_z_std"] = round(float(z.std()), 5)
+        info[f"time_calibration_pass{step}_max_z_shift_median"] = round(float(np.median(moved)), 5) if moved else 0.0
+        if log is not None:
+            log(f"time calibration pass {step + 1}/{passes}: hits' table z mean {z.mean():+.4f}, std {z.std():.4f}; "
+                f"median per-cell largest z shift {info[f'time_calibration_pass{step}_max_z_shift_median']:.4f}")
+    info["time_calibration_sparse_cells"] = int(np.count_nonzero(hits < prior_hits))
+    return table, info
+
+
 class ResponseTables(nn.Module):
     """Tabulated NN_npe mean per MeV and NN_time quantile function on the (s(R), theta) grid; torch lookups."""
 
@@ -731,6 +827,14 @@ class JunoMuonFastSim(ModelFamily):
                                    quantile_nodes=self.config.quantile_nodes,
                                    point_energy_mev=self.config.point_energy_mev, r_max_m=self.detector.ls_radius_m)
         clipped = int(tables.pop("npe_cells_clipped_to_zero"))  # logged by the trainer with fit_info, in meta.json
+        calibration: dict[str, Any] = {}
+        if self.config.time_calibration_rows > 0:
+            r_m, theta, time_ns, source = time_run_training_hits(time_run, self.config.time_calibration_rows)
+            quantiles, calibration = calibrate_time_quantiles(
+                tables["time_quantiles"].double().numpy(), r_m, theta, time_ns, r_max_m=self.detector.ls_radius_m,
+                passes=self.config.time_calibration_passes, prior_hits=self.config.time_calibration_prior_hits,
+                source=source)
+            tables["time_quantiles"] = torch.from_numpy(quantiles).float()
         for name, value in tables.items():
             getattr(self.tables, name).copy_(value)
         mean = tables["npe_per_mev"] * self.config.point_energy_mev
@@ -739,6 +843,7 @@ class JunoMuonFastSim(ModelFamily):
                 "time_run": str(Path(self.config.time_run).resolve()),
                 "npe_dispersion_median": round(float(dispersion.median()), 4) if dispersion.numel() else None,
                 "npe_cells_clipped_to_zero": clipped,
+                **calibration,
                 "tabulation_seconds": round(time.perf_counter() - started, 2)}
 
     def generator(self) -> nn.Module:
@@ -753,6 +858,37 @@ class JunoMuonFastSim(ModelFamily):
         """Simulate every muon track of ``conditions``; write the track columns plus per-muon arrays to ``out``."""
         return generate_muons(self.simulator(device), conditions, out, seed=seed, batch_size=batch_size,
                               split=split, progress=progress, log=log)
+
+
+def time_run_training_hits(run: Any, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(r_m, theta, time, source) of up to ``rows`` random hits of the time run's training split (its file, read
+    again and checked by sha256; without the run's ``max_train_rows`` cap) for :func:`calibrate_time_quantiles`."""
+    from dataclasses import replace
+
+    from detgen.dataset import read_training_table, split_table
+    from detgen.errors import SchemaError
+    from detgen.io.table import file_sha256
+
+    data_meta = run.meta.get("data", {})
+    path = Path(str(data_meta.get("path", "")))
+    if not path.is_file():
+        raise ConfigError(f"{run.path}: the time calibration reads the time run's training file {path}, which is "
+                          "missing; restore it or set model.time_calibration_rows: 0")
+    if file_sha256(path) != data_meta.get("sha256"):
+        raise SchemaError(f"{path}: changed since the time run {run.path} was trained on it (sha256 differs); the "
+                          "time calibration needs the run's own training hits")
+    targets = list(run.config.data.targets)
+    if len(targets) != 1:
+        raise ConfigError(f"{run.path}: the time run has targets {targets}; expected one hit-time column")
+    data = replace(run.config.data, max_train_rows=None)
+    table, _ = read_training_table(path, data)
+    train, _, _ = split_table(table, data)
+    n = len(train[targets[0]])
+    keep = np.arange(n)
+    if n > rows:
+        keep = np.sort(np.random.default_rng([data.split_seed, 2]).choice(n, size=rows, replace=False))
+    return (np.asarray(train["r_m"])[keep], np.asarray(train["theta"])[keep], np.asarray(train[targets[0]])[keep],
+            f"{path} (training split of {run.path})")
 
 
 def tracks_inside(entry_m: np.ndarray, direction: np.ndarray, radius_m: float) -> np.ndarray:
@@ -841,6 +977,9 @@ def check_juno_muon_config(config: JunoMuonConfig, data: DataConfig, source: str
     for name in ("r_nodes", "theta_nodes", "noise_draws", "quantile_nodes"):
         if getattr(config, name) < 2:
             raise ConfigError(f"{source}: model.{name} = {getattr(config, name)}; expected at least 2")
+    if config.time_calibration_rows < 0 or config.time_calibration_passes < 1 or config.time_calibration_prior_hits < 0:
+        raise ConfigError(f"{source}: model.time_calibration_rows must be >= 0 (0: off), time_calibration_passes "
+                          ">= 1 and time_calibration_prior_hits >= 0")
     if config.step_m <= 0 or config.point_energy_mev <= 0 or config.first_candidates < 1:
         raise ConfigError(f"{source}: model.step_m, point_energy_mev and first_candidates must be positive")
 
