@@ -255,6 +255,14 @@ class GANConfig:
     #: Training images with a pixel below this (physical units, MeV for the EMC: beyond the 0.2 MeV noise) are
     #: a DataError: the generator's ReLU makes no negative energies.
     min_pixel: float = -1.0
+    #: Total energy of the image. ``free``: whatever the convolutions make. ``head``: a separate network
+    #: (``energy_hidden`` widths, the first ``energy_noise`` noise inputs and the conditions) draws the total,
+    #: trained by the energy score (CRPS) on the training totals with weight ``energy_weight``; the map is
+    #: rescaled (in u, before the cut) to that total. Needs ``output: threshold``.
+    total_energy: str = "free"
+    energy_hidden: list[int] = field(default_factory=lambda: [64, 64])
+    energy_noise: int = 8
+    energy_weight: float = 1.0
 
     def check(self, data: DataConfig, source: str) -> None:
         from detgen.models.gan import check_gan_config

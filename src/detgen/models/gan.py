@@ -93,6 +93,17 @@ def check_gan_config(config: Any, data: Any, source: str) -> None:
         raise ConfigError(f"{source}: model.critic_input = {config.critic_input!r} (expected linear or log)")
     if config.critic_total not in ("log", "energy"):
         raise ConfigError(f"{source}: model.critic_total = {config.critic_total!r} (expected log or energy)")
+    if config.total_energy not in ("free", "head"):
+        raise ConfigError(f"{source}: model.total_energy = {config.total_energy!r} (expected free or head)")
+    if config.total_energy == "head":
+        if config.output != "threshold":
+            raise ConfigError(f"{source}: model.total_energy head rescales the map before the zero suppression; it "
+                              "needs model.output threshold")
+        if not 1 <= config.energy_noise <= config.noise_dim or not config.energy_weight > 0 or any(
+                w < 1 for w in config.energy_hidden):
+            raise ConfigError(f"{source}: model.energy_noise must be in [1, noise_dim = {config.noise_dim}], "
+                              f"energy_weight > 0 and energy_hidden positive widths (got {config.energy_noise}, "
+                              f"{config.energy_weight}, {config.energy_hidden})")
     if config.critic_input == "log" and config.output != "threshold":
         raise ConfigError(f"{source}: model.critic_input log needs model.output threshold (its scale is the "
                           "zero-suppression threshold)")
@@ -138,6 +149,9 @@ VALIDATIONS = ("critic", "showers")
 class ShowerGenerator(nn.Module):
     """(noise, encoded conditions) -> flattened image in model space (plain tensor ops; the exported graph)."""
 
+    energy_location: Tensor  # buffers of the total_energy head (only with model.total_energy: head)
+    energy_scale: Tensor
+
     def __init__(self, *, noise_dim: int, n_conditions: int, config: Any):
         super().__init__()
         channels, height, width = config.dense_shape
@@ -170,6 +184,20 @@ class ShowerGenerator(nn.Module):
         kernel = (height * self.upsample - config.image_shape[0] + 1, width * self.upsample - config.image_shape[1] + 1)
         layers.append(nn.Conv2d(previous, 1, kernel))
         self.convolutions = nn.Sequential(*layers)
+        # model.total_energy head: the image total from (first energy_noise noise inputs, conditions)
+        self.energy_noise = int(config.energy_noise) if config.total_energy == "head" else 0
+        self.energy_head: nn.Sequential | None = None
+        if self.energy_noise:
+            head: list[nn.Module] = []
+            previous = self.energy_noise + n_conditions
+            for width in config.energy_hidden:
+                head += [nn.Linear(previous, width), nn.LeakyReLU(0.2)]
+                previous = width
+            head.append(nn.Linear(previous, 1))
+            self.energy_head = nn.Sequential(*head)
+            # total = location + scale * head output: the training totals' mean and standard deviation
+            self.register_buffer("energy_location", torch.zeros(1))
+            self.register_buffer("energy_scale", torch.ones(1))
 
     #: Rows per pass in eager mode: the (rows, 16, 12, 12) activations of 256 rows (2.4 MB) stay in cache; on
     #: this CPU 256-row passes ran 2-2.5x faster than 2048-row ones and a 65536-row batch in one pass (600 MB
@@ -219,19 +247,43 @@ class ShowerGenerator(nn.Module):
                               for i in range(0, n, self.chunk_rows)])
         return self._images(noise, conditions)
 
+    def total(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        """The energy head's image total (N, 1) in model units (``total_energy: head``)."""
+        assert self.energy_head is not None
+        out = self.energy_head(torch.cat([noise[:, : self.energy_noise], conditions], dim=1))
+        return torch.clamp(self.energy_location + self.energy_scale * out, min=1e-6)
+
     def _images(self, noise: Tensor, conditions: Tensor) -> Tensor:
         h = nn.functional.leaky_relu(self.dense(torch.cat([noise, conditions], dim=1)), 0.2)
         h = self.coarse(h.view(-1, *self.dense_shape))
         h = nn.functional.interpolate(h, scale_factor=float(self.upsample), mode="nearest")
         h = self.convolutions(h)
         if self.output == "threshold":
-            return self._zero_suppressed(self.log_gain * h.flatten(1), self.threshold(conditions))
+            u, threshold = self.log_gain * h.flatten(1), self.threshold(conditions)
+            if self.energy_head is not None:
+                # rescale the map to the head's total: E -> c E is u -> u + ln c; twice, since the cut moves
+                # crystals near it in or out (the head learns from the data's totals only: detached here)
+                wanted = self.total(noise, conditions)
+                if self.training:
+                    wanted = wanted.detach()
+                for _ in range(2):
+                    u = u + (torch.log(wanted / threshold) - self._log_sum_exp_kept(u))
+            return self._zero_suppressed(u, threshold)
         if self.training and self.output_leak > 0:
             # forward: ReLU; backward: slope output_leak below zero (a straight-through leaky ReLU)
             leaky = nn.functional.leaky_relu(h, self.output_leak)
             return (torch.relu(h).detach() + leaky - leaky.detach()).flatten(1)
         return torch.relu(h).flatten(1)
 
+
+    def _log_sum_exp_kept(self, u: Tensor) -> Tensor:
+        """ln sum exp(u) over the crystals :meth:`_zero_suppressed` keeps (with the smooth gate's weights in
+        training), so that image total = t exp(this); computed stably (no overflow of exp(u)), >= -30."""
+        if self.training and self.gate_temperature > 0:
+            logs = u + nn.functional.logsigmoid(u / self.gate_temperature)
+        else:
+            logs = torch.where(u >= 0, u, torch.full_like(u, -1e4))
+        return torch.clamp(torch.logsumexp(logs, dim=1, keepdim=True), min=-30.0)
 
     def _zero_suppressed(self, u: Tensor, threshold: Tensor) -> Tensor:
         """E = t exp(u) where u >= 0 (so every kept pixel is >= t), exactly 0 below; see GANConfig.output."""
@@ -436,8 +488,15 @@ class ConditionalGAN(ModelFamily):
         momentum): generated images and conditions pass through physical units into the regressor's space.
         """
         self._check_negative_pixels(preprocessor, *train_set)
+        info: dict[str, Any] = {}
+        net = self.generator_net
+        if net.energy_head is not None:
+            totals = train_set[0].double().sum(1)
+            net.energy_location.fill_(float(totals.mean()))
+            net.energy_scale.fill_(max(float(totals.std()), 1e-6))
+            info["energy_head"] = {"location": float(totals.mean()), "scale": float(totals.std())}
         if self.config.regressor_run is None:
-            return {}
+            return info
         from detgen.runs import load_run
 
         run = load_run(self.config.regressor_run, device=str(train_set[0].device))
@@ -461,8 +520,8 @@ class ConditionalGAN(ModelFamily):
             rows = min(len(val_set[0]), 20_000)
             l1 = float(self.regression_l1(val_set[0][:rows], val_set[1][:rows]))
         log(f"regressor {self.config.regressor_run}: L1 {l1:.4f} on {rows} validation images (its encoded units)")
-        return {"regressor": {"run": str(Path(self.config.regressor_run).resolve()),
-                              "predict": list(regressor.config.predict), "validation_l1": l1}}
+        return info | {"regressor": {"run": str(Path(self.config.regressor_run).resolve()),
+                                     "predict": list(regressor.config.predict), "validation_l1": l1}}
 
     def _check_negative_pixels(self, preprocessor: Any, targets: Tensor, conditions: Tensor) -> None:
         """DataError if a training image has a pixel below ``model.min_pixel`` (physical units)."""
@@ -539,11 +598,29 @@ class ConditionalGAN(ModelFamily):
         adversarial = -self.critic(self.critic_view(fake, conditions), conditions).mean()
         regression = self.regression_l1(fake, conditions)
         generator_loss = adversarial + self.config.regressor_weight * regression
+        scores = {}
+        if self.generator_net.energy_head is not None:
+            score = self.energy_score(targets, conditions)
+            generator_loss = generator_loss + self.config.energy_weight * score
+            scores["energy_score"] = score.item()
         optimizer_step(generator_loss, generator_opt, self.generator_net.parameters(), training.grad_clip,
                        "generator loss")
         self.critic.requires_grad_(True)
         return {"loss": wasserstein / n_slices, "gradient_penalty": penalties / n_slices,
-                "generator": adversarial.item(), "regression_l1": regression.item()}
+                "generator": adversarial.item(), "regression_l1": regression.item(), **scores}
+
+    def energy_score(self, targets: Tensor, conditions: Tensor) -> Tensor:
+        """The energy head's CRPS against the real image totals, in units of their spread (two draws per row).
+
+        E|X - y| - E|X - X'| / 2 is a strictly proper score for the conditional law of the total: its minimum
+        over the head is the law of the data (one real total per condition suffices)."""
+        net = self.generator_net
+        n = targets.shape[0]
+        real = targets.sum(1, keepdim=True)
+        first = net.total(torch.randn(n, self.noise_dim, device=targets.device), conditions)
+        second = net.total(torch.randn(n, self.noise_dim, device=targets.device), conditions)
+        crps = 0.5 * ((first - real).abs() + (second - real).abs()) - 0.5 * (first - second).abs()
+        return crps.mean() / net.energy_scale.squeeze()
 
     def validation_loss(self, targets: Tensor, conditions: Tensor) -> Tensor:
         """``val_loss``: the critic's Wasserstein estimate (``model.validation: critic``) or the mean image-level
