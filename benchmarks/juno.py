@@ -67,7 +67,7 @@ KEYS = ["total_pe_rel_dev", "hit_time_median_dev_ns", "max_separation_power_npe"
 class Settings:
     train_events: int = 400
     test_events: int = 300
-    gamma_events: int = 4000  # per Z: the hit-time median to ~0.02-0.1 ns (1000 left 0.04-0.19 ns)
+    gamma_events: int = 1000  # per Z: medians to 0.04-0.19 ns (4000 ran out of memory: one pmt row per PMT and event)
     muons: int = 6
     train_rows: int = 200_000
     epochs: int = 3
