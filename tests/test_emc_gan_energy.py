@@ -20,7 +20,15 @@ from detgen.io import read_table, write_table
 from detgen.models.gan import ConditionalGAN
 from detgen.runs import load_run
 from detgen.training import train
-from test_gan import TINY_GAN, history, one_thread, quiet, raw_config, toy_showers  # noqa: F401 (autouse fixture)
+from test_gan import (  # noqa: F401 (one_thread: autouse fixture)
+    TINY_GAN,
+    history,
+    one_thread,
+    quiet,
+    raw_config,
+    toy_showers,
+    trained_with_resume,
+)
 
 HEAD = {**TINY_GAN, "output": "threshold", "zero_suppression": 0.5, "log_epsilon": 1e-5, "total_energy": "head",
         "energy_hidden": [16], "energy_noise": 2}
@@ -94,12 +102,7 @@ def test_energy_score_teaches_the_head_a_known_law() -> None:
 
 
 def test_head_trains_resumes_exactly_and_exports(tmp_path: Path, shower_file: Path, head_run: Path) -> None:
-    config = config_from_dict(raw_config(HEAD))
-    full = train(config, shower_file, tmp_path / "full", progress=False, log=quiet)
-    part = train(config, shower_file, tmp_path / "part", epochs=1, progress=False, log=quiet)
-    train(config, shower_file, part, epochs=2, resume=True, progress=False, log=quiet)
-    for name in ("model.safetensors", "checkpoints/last.safetensors"):
-        assert (full / name).read_bytes() == (part / name).read_bytes(), name
+    full = trained_with_resume(config_from_dict(raw_config(HEAD)), shower_file, tmp_path)
     assert "train_energy_score" in history(full)[0]
     check = export_onnx(head_run, tmp_path / "head.onnx")  # the sampler graph with the head, against onnxruntime
     assert check["max_rel_diff"] < 1e-3

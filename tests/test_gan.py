@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -161,14 +162,20 @@ def test_minibatch_discrimination_measures_closeness_to_the_batch() -> None:
 
 
 # ------------------------------------------------------------------------------------------ training
-def test_gan_trains_and_resumes_exactly(tmp_path: Path, shower_file: Path) -> None:
-    config = config_from_dict(raw_config(TINY_GAN))
+def trained_with_resume(config: Any, shower_file: Path, tmp_path: Path) -> Path:
+    """Train 2 epochs in one go and 1 + 1 with a resume; assert both give bitwise-equal weights, checkpoints and
+    histories; return the first run dir."""
     full = train(config, shower_file, tmp_path / "full", progress=False, log=quiet)
     part = train(config, shower_file, tmp_path / "part", epochs=1, progress=False, log=quiet)
     train(config, shower_file, part, epochs=2, resume=True, progress=False, log=quiet)
     for name in ("model.safetensors", "checkpoints/last.safetensors"):
         assert (full / name).read_bytes() == (part / name).read_bytes(), name
     assert history(full) == history(part)
+    return full
+
+
+def test_gan_trains_and_resumes_exactly(tmp_path: Path, shower_file: Path) -> None:
+    full = trained_with_resume(config_from_dict(raw_config(TINY_GAN)), shower_file, tmp_path)
     rows = history(full)
     assert {"train_loss", "train_gradient_penalty", "train_generator", "train_regression_l1"} <= set(rows[0])
     saved = json.loads((full / "checkpoints" / "last.json").read_text())
