@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from detgen.config import DataConfig
-from detgen.errors import DataError
+from detgen.errors import DataError, SchemaError
 from detgen.io import (
     Table,
     file_sha256,
@@ -77,6 +77,19 @@ def split_table(table: Table, data: DataConfig) -> tuple[Table, Table, Table]:
         rng = np.random.default_rng([data.split_seed, 1])
         train = np.sort(rng.choice(train, size=data.max_train_rows, replace=False))
     return select_rows(table, train), select_rows(table, val), select_rows(table, test)
+
+
+def read_run_split(run: Any, path: str | Path, split: str, *, all_columns: bool = False, cap_train: bool = True,
+                   purpose: str = "--split") -> Table:
+    """The ``split`` rows (train, val or test) of the file ``run`` was trained on, as the trainer split it.
+
+    The file must be the run's own (sha256 in its meta.json). ``cap_train=False`` keeps every training row
+    instead of the run's ``max_train_rows`` subset; ``all_columns`` as in :func:`read_training_table`."""
+    if file_sha256(path) != run.meta["data"]["sha256"]:
+        raise SchemaError(f"{path}: {purpose} needs the file the run {run.path} was trained on (sha256 differs)")
+    data = run.config.data if cap_train else replace(run.config.data, max_train_rows=None)
+    selected, _ = read_training_table(path, data, all_columns=all_columns)
+    return dict(zip(("train", "val", "test"), split_table(selected, data)))[split]
 
 
 def to_tensors(table: Table, preprocessor: Preprocessor, *, source: str) -> tuple[Tensor, Tensor]:

@@ -11,13 +11,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from detgen.dataset import split_table
+from detgen.dataset import read_run_split
 from detgen.device import resolve_device
-from detgen.errors import DataError, SchemaError
+from detgen.errors import DataError
 from detgen.io import (
     Table,
     TableWriter,
-    file_sha256,
     read_table,
     require_columns,
     require_finite,
@@ -40,13 +39,7 @@ def read_conditions(run: Run, path: str | Path, *, split: str | None = None) -> 
     if split is not None:
         if split not in ("train", "val", "test"):
             raise DataError(f"--split {split!r}: expected train, val or test")
-        if file_sha256(path) != run.meta["data"]["sha256"]:
-            raise SchemaError(f"{source}: --split needs the file the run was trained on (sha256 differs)")
-        from detgen.dataset import read_training_table
-
-        selected, _ = read_training_table(path, run.config.data, all_columns=True)
-        parts = dict(zip(("train", "val", "test"), split_table(selected, run.config.data)))
-        table = parts[split]
+        table = read_run_split(run, path, split, all_columns=True)
     if table_length(table) == 0:
         raise DataError(f"{source}: no rows to generate for")
     run.preprocessor.check_domain(table, source=source)

@@ -275,7 +275,6 @@ class ShowerGenerator(nn.Module):
             return (torch.relu(h).detach() + leaky - leaky.detach()).flatten(1)
         return torch.relu(h).flatten(1)
 
-
     def _log_sum_exp_kept(self, u: Tensor) -> Tensor:
         """ln sum exp(u) over the crystals :meth:`_zero_suppressed` keeps (with the smooth gate's weights in
         training), so that image total = t exp(this); computed stably (no overflow of exp(u)), >= -30."""

@@ -297,8 +297,8 @@ def _table_z(quantiles: np.ndarray, cells: tuple[np.ndarray, ...], time_ns: np.n
 
 
 def calibrate_time_quantiles(quantiles: np.ndarray, r_m: np.ndarray, theta: np.ndarray, time_ns: np.ndarray, *,
-                             r_max_m: float, passes: int = 2, prior_hits: float = 1000.0, source: str = "hits",
-                             log: Log | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                             r_max_m: float, passes: int = 2, prior_hits: float = 1000.0, source: str = "hits"
+                             ) -> tuple[np.ndarray, dict[str, Any]]:
     """Recalibrate NN_time's tabulated quantile functions (R, T, Q) against single-p.e. hits (r_m, theta, time_ns).
 
     The flow's hit-time quantiles at R >= 10 m move by up to ~0.3 ns from one training to the next (the 1 MeV
@@ -352,9 +352,6 @@ def calibrate_time_quantiles(quantiles: np.ndarray, r_m: np.ndarray, theta: np.n
         info[f"time_calibration_pass{step}_pit_z_mean"] = round(float(z.mean()), 5)
         info[f"time_calibration_pass{step}_pit_z_std"] = round(float(z.std()), 5)
         info[f"time_calibration_pass{step}_max_z_shift_median"] = round(float(np.median(moved)), 5) if moved else 0.0
-        if log is not None:
-            log(f"time calibration pass {step + 1}/{passes}: hits' table z mean {z.mean():+.4f}, std {z.std():.4f}; "
-                f"median per-cell largest z shift {info[f'time_calibration_pass{step}_max_z_shift_median']:.4f}")
     info["time_calibration_sparse_cells"] = int(np.count_nonzero(hits < prior_hits))
     return table, info
 
@@ -865,30 +862,20 @@ class JunoMuonFastSim(ModelFamily):
 def time_run_training_hits(run: Any, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(r_m, theta, time, source) of up to ``rows`` random hits of the time run's training split (its file, read
     again and checked by sha256; without the run's ``max_train_rows`` cap) for :func:`calibrate_time_quantiles`."""
-    from dataclasses import replace
+    from detgen.dataset import read_run_split
 
-    from detgen.dataset import read_training_table, split_table
-    from detgen.errors import SchemaError
-    from detgen.io.table import file_sha256
-
-    data_meta = run.meta.get("data", {})
-    path = Path(str(data_meta.get("path", "")))
+    path = Path(str(run.meta.get("data", {}).get("path", "")))
     if not path.is_file():
         raise ConfigError(f"{run.path}: the time calibration reads the time run's training file {path}, which is "
                           "missing; restore it or set model.time_calibration_rows: 0")
-    if file_sha256(path) != data_meta.get("sha256"):
-        raise SchemaError(f"{path}: changed since the time run {run.path} was trained on it (sha256 differs); the "
-                          "time calibration needs the run's own training hits")
     targets = list(run.config.data.targets)
     if len(targets) != 1:
         raise ConfigError(f"{run.path}: the time run has targets {targets}; expected one hit-time column")
-    data = replace(run.config.data, max_train_rows=None)
-    table, _ = read_training_table(path, data)
-    train, _, _ = split_table(table, data)
+    train = read_run_split(run, path, "train", cap_train=False, purpose="the time calibration")
     n = len(train[targets[0]])
     keep = np.arange(n)
     if n > rows:
-        keep = np.sort(np.random.default_rng([data.split_seed, 2]).choice(n, size=rows, replace=False))
+        keep = np.sort(np.random.default_rng([run.config.data.split_seed, 2]).choice(n, size=rows, replace=False))
     return (np.asarray(train["r_m"])[keep], np.asarray(train["theta"])[keep], np.asarray(train[targets[0]])[keep],
             f"{path} (training split of {run.path})")
 
