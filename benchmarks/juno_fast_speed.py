@@ -11,6 +11,8 @@ reference photon transport (``simulators.juno.simulate_muon``, the run's voxel s
 emits along the continuous track). Reported per muon and on average: wall time and CPU time (process time,
 less sensitive than wall time to other jobs on a shared machine), the medians over the repetitions, and the
 speed-up ratios reference / fast (ratio of the means over the muons), with ``os.getloadavg()`` before and after.
+Each reference muon is also bracketed by fast runs of the same track just before and after it
+(``bracketed``: per-muon CPU-time ratios, robust to the machine's drift over minutes).
 Single-threaded unless --threads says otherwise (the reference transport is numpy, one thread).
 """
 
@@ -90,12 +92,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"per muon (mean over {len(entry)})", flush=True)
     if n_ref:
         rng = np.random.default_rng(args.seed + 1)
-        wall_ref, cpu_ref = [], []
+        wall_ref, cpu_ref, bracket = [], [], []
+        method = args.methods.split(",")[0]
         for i in range(n_ref):
+            before = time_fast(sim, method, entry[i : i + 1], direction[i : i + 1], args.reps, args.seed + i)[1][0]
             tic, cpu0 = time.perf_counter(), time.process_time()
             simulate_muon(entry[i], direction[i], rng)
             wall_ref.append(time.perf_counter() - tic)
             cpu_ref.append(time.process_time() - cpu0)
+            after = time_fast(sim, method, entry[i : i + 1], direction[i : i + 1], args.reps, args.seed + i)[1][0]
+            bracket.append(0.5 * (before + after))
+        # the machine's speed drifts by ~15 % over minutes: each reference muon is bracketed by fast runs of the
+        # same muon just before and after it, and the per-muon CPU-time ratios are the drift-robust figure
+        ratio = np.array(cpu_ref) / np.array(bracket)
+        results["bracketed"] = {"method": method, "fast_cpu_ms_per_muon": (np.array(bracket) * 1e3).round(2).tolist(),
+                                "speedup_cpu_per_muon": ratio.round(1).tolist(),
+                                "speedup_cpu_of_sums": round(float(np.sum(cpu_ref) / np.sum(bracket)), 1),
+                                "speedup_cpu_median": round(float(np.median(ratio)), 1),
+                                "speedup_cpu_min": round(float(ratio.min()), 1)}
+        print(f"{method}, bracketed: speed-up {results['bracketed']['speedup_cpu_of_sums']}x (CPU time, sums over "
+              f"{n_ref} muons), per muon {results['bracketed']['speedup_cpu_min']}x to {ratio.max():.1f}x", flush=True)
         w, c = np.array(wall_ref), np.array(cpu_ref)
         results["reference"] = {"wall_s_per_muon": w.round(3).tolist(), "cpu_s_per_muon": c.round(3).tolist(),
                                 "wall_s_mean": round(float(w.mean()), 3), "cpu_s_mean": round(float(c.mean()), 3)}

@@ -533,8 +533,10 @@ def test_split_sampler_counts_and_times_at_low_light() -> None:
     assert (npe_f == 0).mean() == pytest.approx((npe_b == 0).mean(), abs=0.01)
     first_f = np.stack([f[1].numpy() for f in fast])[npe_f > 0]
     first_b = np.stack([b[1] for b in brute])[npe_b > 0]
-    assert np.median(first_f) == pytest.approx(np.median(first_b), abs=0.3)
-    assert first_f.mean() == pytest.approx(first_b.mean(), abs=0.3)
+    # within 4 standard errors (the first hits' spread is ~30 ns, so ~0.2 ns with ~46k hits each)
+    error = math.sqrt(first_f.var() / first_f.size + first_b.var() / first_b.size)
+    assert first_f.mean() == pytest.approx(first_b.mean(), abs=4 * error)
+    assert np.median(first_f) == pytest.approx(np.median(first_b), abs=4 * 1.26 * error)
 
 
 def test_non_monotone_time_table_is_refused() -> None:
