@@ -18,8 +18,10 @@
    (same test events, from the table);
 4. 1 MeV gammas at Z = 0, 5, 10, 15, 17 m: reference versus fast simulation;
 5. the same muons through the reference photon transport and the fast simulation (detgen generate on the
-   juno_muon run), wall time per muon measured in this one process; fidelity from validate_juno.
-Writes results.json and results.md into --out (and each validation's report dir).
+   juno_muon run), wall time per muon measured in this one process; fidelity from validate_juno; then the
+   drift-robust speed-up of benchmarks/juno_fast_speed.py (each reference muon bracketed by fast runs of the
+   same track; ``muons.bracketed`` in results.json).
+Writes results.json (and speed.json) into --out, and each validation's report dir.
 """
 
 from __future__ import annotations
@@ -337,6 +339,16 @@ def tables_and_muons(args: Any, settings: Settings, out: Path, results: dict[str
             **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         log(f"muons, step {step} m: {reference_per_muon:.2f} s -> {per_muon * 1e3:.1f} ms per muon "
             f"({reference_per_muon / per_muon:.0f}x); {summary(metrics)}")
+    # the speed figure to quote: each reference muon again, bracketed by fast runs of the same track (the
+    # machine's speed drifts by ~15 % between the passes above)
+    from juno_fast_speed import main as fast_speed  # benchmarks/ is on sys.path when run as a script
+
+    speed = fast_speed(["--run", str(muon_run), "--muons", str(out / "muons_reference.h5"), "--reps", "5",
+                        "--reference", str(settings.muons), "--methods", "split", "--threads", str(args.threads),
+                        "--seed", str(args.seed), "--out", str(out / "speed.json")])
+    results["muons"]["bracketed"] = speed["bracketed"]
+    log(f"muons, bracketed: {speed['bracketed']['speedup_cpu_of_sums']}x (total CPU time, step "
+        f"{settings.steps_m[0]} m; per muon {speed['bracketed']['speedup_cpu_min']}x and up)")
     results["load_average_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     log(f"results: {out / 'results.json'}")

@@ -210,3 +210,28 @@ def test_log_critic_input_scales_crystals_by_the_threshold(shower_file: Path, tm
     assert np.isfinite(float(row["train_loss"])) and float(row["train_gradient_penalty"]) >= 0
     with pytest.raises(ConfigError, match="critic_input log needs model.output threshold"):
         config_from_dict(raw_config({**TINY_GAN, "critic_input": "log"}), source="emc.yaml")
+
+
+def test_critic_hit_spectrum_counts_crystals_above_each_level(shower_file: Path, tmp_path: Path) -> None:
+    """The critic's hit-spectrum feature is the fraction of crystals with E / t above each level (soft steps),
+    and it trains; it needs the log critic input."""
+    log_critic = {**TINY_THRESHOLD, "critic_input": "log", "log_epsilon": 0.0, "sparsity_scale": 0.3}
+    config = GANConfig(**{**log_critic, "critic_hit_levels": [0.5, 2.0, 8.0], "critic_hit_softness": 0.01})
+    gan = ConditionalGAN(n_targets=121, n_conditions=6, config=config)
+    ratio = torch.tensor([[0.0, 1.0, 1.5, 3.0, 10.0] + [0.0] * 116])  # E / t of each crystal
+    got = gan.critic.hit_spectrum(torch.log1p(ratio))
+    torch.testing.assert_close(got, torch.tensor([[4 / 121, 2 / 121, 1 / 121]]), atol=1e-6, rtol=0)
+    # a crystal moving across a level moves the feature by 1 / 121 (and the score is finite and differentiable)
+    shifted = ratio.clone()
+    shifted[0, 2] = 2.5
+    assert float(gan.critic.hit_spectrum(torch.log1p(shifted))[0, 1] - got[0, 1]) == pytest.approx(1 / 121, abs=1e-6)
+    view = torch.log1p(ratio).requires_grad_(True)
+    gan.critic(view, torch.zeros(1, 6)).sum().backward()
+    assert view.grad is not None and torch.isfinite(view.grad).all()
+    run_dir = train(config_from_dict(raw_config({**log_critic, "critic_hit_levels": [0.5, 4.0]}, epochs=1)),
+                    shower_file, tmp_path / "gan", progress=False, log=quiet)
+    assert load_run(run_dir).model.critic.hit_levels == pytest.approx([np.log(1.5), np.log(5.0)])
+    with pytest.raises(ConfigError, match="critic_hit_levels needs model.critic_input log"):
+        config_from_dict(raw_config({**TINY_THRESHOLD, "critic_hit_levels": [1.0]}), source="emc.yaml")
+    with pytest.raises(ConfigError, match="critic_hit_levels"):
+        config_from_dict(raw_config({**log_critic, "critic_hit_levels": [0.0]}), source="emc.yaml")

@@ -241,6 +241,11 @@ class GANConfig:
     #: With ``critic_input: log``: the critic's "total" feature is the sum of its input (``log``) or the
     #: energy sum in model units decoded from it (``energy``, the deposited fraction).
     critic_total: str = "log"
+    #: With ``critic_input: log``: the critic also sees the hit spectrum, as the fraction of crystals with
+    #: E / t above each of these levels (soft steps of width ``critic_hit_softness`` in ln(1 + E / t)); e.g.
+    #: [0.5, 2, 4, 16] counts the kept crystals and those above 2, 4 and 16 times the threshold. Empty: off.
+    critic_hit_levels: list[float] = field(default_factory=list)
+    critic_hit_softness: float = 0.1
     #: What ``val_loss`` is: ``critic`` (the critic's Wasserstein estimate) or ``showers`` (mean separation
     #: power of image-level observables of generated vs validation images: hit count, hit spectrum, total,
     #: brightest-pixel fraction, radius; physical units), so ``best_metric: val_loss`` picks epochs by showers.

@@ -104,6 +104,10 @@ def check_gan_config(config: Any, data: Any, source: str) -> None:
             raise ConfigError(f"{source}: model.energy_noise must be in [1, noise_dim = {config.noise_dim}], "
                               f"energy_weight > 0 and energy_hidden positive widths (got {config.energy_noise}, "
                               f"{config.energy_weight}, {config.energy_hidden})")
+    if config.critic_hit_levels and (config.critic_input != "log" or not config.critic_hit_softness > 0
+                                     or min(config.critic_hit_levels) <= 0):
+        raise ConfigError(f"{source}: model.critic_hit_levels needs model.critic_input log, levels > 0 (E / t) and "
+                          f"critic_hit_softness > 0; got {config.critic_hit_levels}, {config.critic_hit_softness}")
     if config.critic_input == "log" and config.output != "threshold":
         raise ConfigError(f"{source}: model.critic_input log needs model.output threshold (its scale is the "
                           "zero-suppression threshold)")
@@ -332,7 +336,10 @@ class ShowerCritic(nn.Module):
         self.features = nn.Sequential(nn.Linear(n_flat, config.critic_features), nn.LeakyReLU(0.2))
         self.minibatch = MinibatchDiscrimination(config.critic_features, config.minibatch_kernels,
                                                  config.minibatch_kernel_dim)
-        n_head = config.critic_features + config.minibatch_kernels + n_conditions + 2
+        # hit-spectrum feature (critic input ln(1 + E / t)): the levels ln(1 + m) of E / t = m; plain numbers
+        self.hit_levels = [math.log1p(float(m)) for m in config.critic_hit_levels]
+        self.hit_softness = float(config.critic_hit_softness)
+        n_head = config.critic_features + config.minibatch_kernels + n_conditions + 2 + len(self.hit_levels)
         self.head = nn.Sequential(nn.Linear(n_head, 64), nn.LeakyReLU(0.2), nn.Linear(64, 1))
 
     #: (critic input, conditions) -> the pixels in model units, for the total-energy feature; None: the input
@@ -348,8 +355,16 @@ class ShowerCritic(nn.Module):
         total = (images.sum(1, keepdim=True) if self.total_of is None
                  else self.total_of(images, conditions).sum(1, keepdim=True))
         sparsity = (1.0 - torch.exp(-torch.clamp(images, min=0.0) / self.sparsity_scale)).mean(1, keepdim=True)
-        h = torch.cat([f, self.minibatch(f), conditions, total, sparsity], dim=1)
-        return self.head(h).squeeze(1)
+        parts = [f, self.minibatch(f), conditions, total, sparsity]
+        if self.hit_levels:
+            parts.append(self.hit_spectrum(images))
+        return self.head(torch.cat(parts, dim=1)).squeeze(1)
+
+    def hit_spectrum(self, images: Tensor) -> Tensor:
+        """(N, levels): the fraction of crystals whose input ln(1 + E / t) is above each level, as soft steps
+        (a sigmoid of width ``hit_softness``, so the feature is Lipschitz for the gradient penalty)."""
+        levels = images.new_tensor(self.hit_levels)
+        return torch.sigmoid((images.unsqueeze(2) - levels) / self.hit_softness).mean(1)
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, conditions: Tensor, *,
