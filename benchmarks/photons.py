@@ -6,7 +6,8 @@
 1. Pythia 8 truth (pp -> H -> gamma gamma, ``generate_truth``), generated once and shared by every scenario;
 2. per scenario (baseline, correlation rho = 0.5 and 1.0, asymmetric) the detector response (``smear_photons``);
 3. train the CNF (configs/photons_cnf.yaml), its IAF student (configs/photons_student.yaml) and the smearing
-   baseline (configs/photons_smearing.yaml) on the same file; training wall time of each;
+   baseline (configs/photons_smearing.yaml) on the same file; training wall time of each; with
+   ``--models ...,cnf_rqs`` also the spline variant of the CNF (configs/photons_cnf_rqs.yaml);
 4. generate on the held-out test split with each and ``validate_photons`` against it; a ``reference`` column
    validates an independent smearing of the same test truth (same scenario, another seed): the statistical floor
    of every metric at this sample size;
@@ -57,6 +58,9 @@ SCENARIOS: dict[str, tuple[str, float]] = {
     "asymmetric": ("asymmetric", 0.5),
 }
 MODELS = ("cnf", "student", "smearing")
+#: Models trained only when --models names them: the spline variant of the CNF (configs/photons_cnf_rqs.yaml,
+#: its own epochs; not in the throughput step)
+EXTRA_MODELS = ("cnf_rqs",)
 #: The issue's fidelity targets (benchmark, not timed tests): metric -> largest passing value.
 TARGETS = {"max_rel_resolution_dev": 0.02, "max_abs_corr_dev": 0.02, "tail_fraction_rel_dev": 0.05,
            "mgg_mean_dev_gev": 0.05, "mgg_sd_rel_dev": 0.02}
@@ -86,7 +90,11 @@ def configs(args: argparse.Namespace, teacher_dir: Path) -> dict[str, Config]:
     student = load_config(CONFIGS / "photons_student.yaml")
     student = dataclasses.replace(student, model=dataclasses.replace(student.model, teacher=str(teacher_dir)))
     student = student.replace_training(epochs=args.student_epochs, batch_size=args.batch_size)
-    return {"cnf": cnf, "student": student, "smearing": load_config(CONFIGS / "photons_smearing.yaml")}
+    rqs = load_config(CONFIGS / "photons_cnf_rqs.yaml").replace_training(batch_size=args.batch_size)
+    if args.quick:
+        rqs = rqs.replace_training(epochs=args.epochs)
+    return {"cnf": cnf, "student": student, "smearing": load_config(CONFIGS / "photons_smearing.yaml"),
+            "cnf_rqs": rqs}
 
 
 def truth_step(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -231,7 +239,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"Pythia truth: {truth['events']} events in {truth['seconds']:.0f} s "
                   f"({truth['events_per_second']:,.0f} events/s with {truth['workers']} worker processes)", ""]
     for name, entry in results.get("scenarios", {}).items():
-        columns = ["target", "reference", *[m for m in MODELS if m in entry]]
+        columns = ["target", "reference", *[m for m in (*MODELS, *EXTRA_MODELS) if m in entry]]
         lines += [f"### {name}", "", "| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for key in (*SUMMARY_KEYS, "resolution_bins_used"):
             cells = [_fmt(TARGETS.get(key))] + [_fmt(entry.get(c, {}).get(key)) for c in columns[1:]]
@@ -247,7 +255,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"Independent test truth: {block['events']} Pythia events (seed {block['seed']}), the models "
                   "trained above", ""]
         for name, entry in block.get("scenarios", {}).items():
-            columns = ["target", "reference", *[m for m in MODELS if m in entry]]
+            columns = ["target", "reference", *[m for m in (*MODELS, *EXTRA_MODELS) if m in entry]]
             lines += [f"### {name} (independent test, {block['events']} events)", "",
                       "| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
             for key in (*SUMMARY_KEYS, "resolution_bins_used"):
@@ -282,7 +290,8 @@ def main() -> None:
     parser.add_argument("--remeasure-throughput", action="store_true",
                         help="measure the throughput again (finished scenarios are reused from results.json)")
     parser.add_argument("--models", default=",".join(MODELS),
-                        help="comma-separated subset of " + ",".join(MODELS) + " to train and validate")
+                        help="comma-separated subset of " + ",".join(MODELS + EXTRA_MODELS) + " to train and validate "
+                             "(default: " + ",".join(MODELS) + ")")
     parser.add_argument("--test-events", type=int, default=0,
                         help="also validate every trained model on an independent truth of this many events")
     parser.add_argument("--quick", action="store_true", help="20k events, 3 + 2 epochs, baseline and asymmetric")
@@ -292,8 +301,8 @@ def main() -> None:
         args.scenarios = "baseline,asymmetric"
         args.throughput_rows = min(args.throughput_rows, 20_000)
     args.models = args.models.split(",")
-    if any(m not in MODELS for m in args.models) or ("student" in args.models and "cnf" not in args.models):
-        parser.error(f"--models: expected names from {', '.join(MODELS)} (the student needs the cnf)")
+    if any(m not in MODELS + EXTRA_MODELS for m in args.models) or ("student" in args.models and "cnf" not in args.models):
+        parser.error(f"--models: expected names from {', '.join(MODELS + EXTRA_MODELS)} (the student needs the cnf)")
     names = args.scenarios.split(",")
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown:
