@@ -420,14 +420,24 @@ class PackedTables:
         the npe rows are mean p.e. of each deposit (npe per MeV x energy; energies must be >= 0), with
         ``times`` (M,) ns the time rows include each deposit's time.
         """
-        energies = torch.ones_like(r_m) if energies is None else energies
-        times = torch.zeros_like(r_m) if times is None else times
-        return DepositRows(*_deposit_rows(self.npe, self.time, self.r_max_m, r_m, energies, times))
+        n_r = self.npe.shape[0]
+        y = (radius_s(r_m, self.r_max_m) * (n_r - 1)).clamp(0.0, n_r - 1.0)
+        i0 = y.floor().clamp_max(n_r - 2).long()
+        rho = y - i0
+        npe = self.npe.index_select(0, i0).lerp_(self.npe.index_select(0, i0 + 1), rho[:, None, None])
+        time = self.time.index_select(0, i0).lerp_(self.time.index_select(0, i0 + 1), rho[:, None, None, None])
+        if energies is not None:
+            npe.mul_(energies[:, None, None])
+        if times is not None:
+            time.add_(times[:, None, None, None])
+        return DepositRows(npe, time)
 
 
 class DepositRows:
-    """Per-deposit tables (from :meth:`PackedTables.deposit_rows`), with (node j, node j+1) side by side so
-    that a theta bin is one gather of two floats.
+    """Per-deposit tables (from :meth:`PackedTables.deposit_rows`) and the hot path's lookups in them.
+
+    Node pairs (j, j + 1) sit side by side, so that a theta bin is one gather of two floats (8 bytes, through a
+    float64 view).
 
     Attributes:
         npe_pairs: (M * (T - 1), 2): npe at theta nodes (j, j + 1) of deposit m in row m * (T-1) + j.
@@ -444,7 +454,10 @@ class DepositRows:
     def theta_bin(self, cos_theta: Tensor) -> tuple[Tensor, Tensor]:
         """Per pair (M, P) from cos(theta) (deposits along dim 0): flat (deposit, theta-bin) index (int32) and
         the weight w in [0, 1] of node j + 1 (theta = (j + w) pi / (T - 1))."""
-        return _theta_bin(cos_theta, self.theta_bins)
+        x = cos_theta.clamp(-1.0, 1.0).acos_().mul_(self.theta_bins / math.pi)
+        j = x.floor().clamp_(max=self.theta_bins - 1)
+        offsets = torch.arange(cos_theta.shape[0], dtype=torch.int32, device=cos_theta.device) * self.theta_bins
+        return j.to(torch.int32).add_(offsets[:, None]), x.sub_(j)
 
     def npe_per_mev(self, index: Tensor, weight: Tensor) -> Tensor:
         """npe per MeV at flat (deposit, theta-bin) ``index`` (int32) with theta weight ``weight``."""
@@ -452,88 +465,54 @@ class DepositRows:
 
     def time_at_node(self, index: Tensor, weight: Tensor, node: Tensor) -> Tensor:
         """Hit time (ns) at quantile node ``node`` (int32, broadcast against ``index``) of each pair."""
-        return _pair_lerp(self.time_pairs, index * self.quantile_nodes + node, weight)
+        return _pair_lerp(self.time_pairs, (index * self.quantile_nodes).add_(node), weight)
 
     def time_at(self, index: Tensor, weight: Tensor, z: Tensor, *, node_min: Tensor | None = None,
                 node_max: Tensor | None = None) -> Tensor:
         """Hit time (ns) at standard-normal quantile z of pairs (flat index, theta weight); the position in the
         quantile grid is clamped to [-QUANTILE_Z_MAX, QUANTILE_Z_MAX] and to [node_min, node_max] if given."""
-        return _time_at_z(self.time_pairs, self.quantile_nodes, index, weight, z, node_min, node_max)
+        n_q = self.quantile_nodes
+        kz = (z + QUANTILE_Z_MAX).mul_((n_q - 1) / (2.0 * QUANTILE_Z_MAX)).clamp_(0.0, n_q - 1.0)
+        if node_min is not None:
+            kz = torch.maximum(kz, node_min.to(kz.dtype))
+        if node_max is not None:
+            kz = torch.minimum(kz, node_max.to(kz.dtype))
+        k0 = kz.floor().clamp_(max=n_q - 2)
+        v = kz.sub_(k0).to(weight.dtype)
+        row = (index.long() * n_q).add_(k0.long())
+        low = _pair_lerp(self.time_pairs, row, weight)
+        return low.lerp_(_pair_lerp(self.time_pairs, row.add_(1), weight), v)
 
+    # ---- the steps of FastMuonSimulator.response
+    def pair_means(self, unit: Tensor, pmt_unit: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Every (deposit, PMT) pair, laid out (M, P): flat (deposit, theta bin) index, theta weight, mean p.e."""
+        index, weight = self.theta_bin(unit @ pmt_unit.t())
+        return index, weight, self.npe_per_mev(index, weight).clamp_min_(0)
 
-# ---- the hot path's table lookups (pure functions of tensors)
-def _deposit_rows(npe: Tensor, time: Tensor, r_max_m: float, r_m: Tensor, energies: Tensor, times: Tensor
-                  ) -> tuple[Tensor, Tensor]:
-    """Packed tables (R, T-1, 2) and (R, T-1, Q, 2) interpolated in s(R) at r_m (M,), npe x energies, time +
-    times: (M, T-1, 2) and (M, T-1, Q, 2)."""
-    n_r = npe.shape[0]
-    y = (radius_s(r_m, r_max_m) * (n_r - 1)).clamp(0.0, n_r - 1.0)
-    i0 = y.floor().clamp_max(n_r - 2).long()
-    rho = y - i0
-    npe_rows = npe.index_select(0, i0).lerp_(npe.index_select(0, i0 + 1), rho[:, None, None])
-    time_rows = time.index_select(0, i0).lerp_(time.index_select(0, i0 + 1), rho[:, None, None, None])
-    return npe_rows.mul_(energies[:, None, None]), time_rows.add_(times[:, None, None, None])
+    def early_times(self, index: Tensor, weight: Tensor, pair: Tensor, u: Tensor, node_max: Tensor) -> Tensor:
+        """Hit times of early p.e. in flat pairs ``pair`` at quantile levels u (float64) below node ``node_max``."""
+        return self.time_at(index.index_select(0, pair), weight.index_select(0, pair), normal_quantile(u),
+                            node_max=node_max)
 
-
-def _theta_bin(cos_theta: Tensor, theta_bins: int) -> tuple[Tensor, Tensor]:
-    x = cos_theta.clamp(-1.0, 1.0).acos_().mul_(theta_bins / math.pi)
-    j = x.floor().clamp_(max=theta_bins - 1)
-    offsets = torch.arange(cos_theta.shape[0], dtype=torch.int32, device=cos_theta.device) * theta_bins
-    return j.to(torch.int32).add_(offsets[:, None]), x.sub_(j)
+    def late_times(self, index: Tensor, weight: Tensor, lam: Tensor, u_split: Tensor, node: Tensor, pair: Tensor,
+                   gap: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The first late p.e. of flat pairs ``pair`` (PMT = pair % P) from exponential gaps: (PMT, hit time or
+        inf, whether there is one, the late mean it used up)."""
+        pmt = pair % u_split.shape[0]
+        lam_pair = lam.index_select(0, pair).to(gap.dtype)
+        u_pair = u_split.index_select(0, pmt)
+        late_mean = lam_pair * (1.0 - u_pair)
+        hit = gap < late_mean
+        u = (gap / lam_pair.clamp_min(1e-300)).add_(u_pair).clamp_max_(1.0)
+        t = self.time_at(index.index_select(0, pair), weight.index_select(0, pair), normal_quantile(u),
+                         node_min=node.index_select(0, pmt))
+        return pmt, t.masked_fill_(~hit, math.inf), hit, torch.minimum(gap, late_mean)
 
 
 def _pair_lerp(pairs: Tensor, row: Tensor, weight: Tensor) -> Tensor:
     """(a, b) in ``pairs[row]`` -> a + w (b - a): linear interpolation between packed neighbouring nodes."""
     ends = pairs.view(torch.float64).reshape(-1).index_select(0, row.reshape(-1)).view(pairs.dtype).reshape(-1, 2)
     return torch.lerp(ends[:, 0], ends[:, 1], weight.reshape(-1)).reshape(row.shape)
-
-
-def _time_at_z(time_pairs: Tensor, quantile_nodes: int, index: Tensor, weight: Tensor, z: Tensor,
-               node_min: Tensor | None, node_max: Tensor | None) -> Tensor:
-    kz = (z + QUANTILE_Z_MAX).mul_((quantile_nodes - 1) / (2.0 * QUANTILE_Z_MAX)).clamp_(0.0, quantile_nodes - 1.0)
-    if node_min is not None:
-        kz = torch.maximum(kz, node_min.to(kz.dtype))
-    if node_max is not None:
-        kz = torch.minimum(kz, node_max.to(kz.dtype))
-    k0 = kz.floor().clamp_(max=quantile_nodes - 2)
-    v = kz.sub_(k0).to(weight.dtype)
-    row = (index.long() * quantile_nodes).add_(k0.long())
-    low = _pair_lerp(time_pairs, row, weight)
-    return low.lerp_(_pair_lerp(time_pairs, row.add_(1), weight), v)
-
-
-def _pair_means(npe_pairs: Tensor, theta_bins: int, unit: Tensor, pmt_unit: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Every (deposit, PMT) pair, laid out (M, P): flat (deposit, theta bin) index, theta weight, mean p.e."""
-    index, weight = _theta_bin(unit @ pmt_unit.t(), theta_bins)
-    return index, weight, _pair_lerp(npe_pairs, index, weight).clamp_min_(0)
-
-
-def _late_candidates(time_pairs: Tensor, quantile_nodes: int, index: Tensor, weight: Tensor, node: Tensor,
-                     first: Tensor) -> Tensor:
-    """(M, P): pairs whose time at their PMT's split node ``node`` (P,) is before the PMT's ``first`` (P,)."""
-    return _pair_lerp(time_pairs, (index * quantile_nodes).add_(node.to(torch.int32)), weight) < first
-
-
-def _early_times(time_pairs: Tensor, quantile_nodes: int, index: Tensor, weight: Tensor, pair: Tensor, u: Tensor,
-                 node_max: Tensor) -> Tensor:
-    """Hit times of early p.e. in flat pairs ``pair`` at quantile levels u (float64) below node ``node_max``."""
-    return _time_at_z(time_pairs, quantile_nodes, index.index_select(0, pair), weight.index_select(0, pair),
-                      normal_quantile(u), None, node_max)
-
-
-def _late_times(time_pairs: Tensor, quantile_nodes: int, index: Tensor, weight: Tensor, lam: Tensor,
-                u_split: Tensor, node: Tensor, pair: Tensor, gap: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The first late p.e. of flat pairs ``pair`` (PMT = pair % P) from exponential gaps: (PMT, hit time or inf,
-    whether there is one, the late mean it used up)."""
-    pmt = pair % u_split.shape[0]
-    lam_pair = lam.index_select(0, pair).to(gap.dtype)
-    u_pair = u_split.index_select(0, pmt)
-    late_mean = lam_pair * (1.0 - u_pair)
-    hit = gap < late_mean
-    u = (gap / lam_pair.clamp_min(1e-300)).add_(u_pair).clamp_max_(1.0)
-    t = _time_at_z(time_pairs, quantile_nodes, index.index_select(0, pair), weight.index_select(0, pair),
-                   normal_quantile(u), node.index_select(0, pmt), None)
-    return pmt, t.masked_fill_(~hit, math.inf), hit, torch.minimum(gap, late_mean)
 
 
 def neighbour_order(unit: np.ndarray) -> np.ndarray:
@@ -687,14 +666,11 @@ class FastMuonSimulator:
         check_point_inputs(r, torch.zeros(1, device=r.device), self.tables.r_max_m, "deposits")
         unit = torch.where(r[:, None] > 0, positions / r.clamp_min(1e-9)[:, None],
                            torch.tensor([0.0, 0.0, 1.0], device=r.device))
-        npe_rows, time_rows = _deposit_rows(self.packed.npe, self.packed.time, self.packed.r_max_m, r, energies,
-                                             times)  # npe rows x energy, time rows + deposit time
-        theta_bins, n_q = npe_rows.shape[1], time_rows.shape[2]
-        npe_pairs, time_pairs = npe_rows.reshape(-1, 2), time_rows.reshape(-1, 2)
+        rows = self.packed.deposit_rows(r, energies, times)  # npe rows x energy, time rows + deposit time
         n_pmt, n_dep = self.pmt_unit.shape[0], len(r)
         device, f64 = r.device, torch.float64
         # every pair, laid out (M, P): deposits along dim 0; flat (deposit, theta bin), weight, mean p.e.
-        index, weight, lam = _pair_means(npe_pairs, theta_bins, unit, self._pmt_local)
+        index, weight, lam = rows.pair_means(unit, self._pmt_local)
         cumulative = lam.to(f64)  # float64 running sum over deposits (row by row: torch.cumsum is slow here)
         for m in range(1, n_dep):
             cumulative[m] += cumulative[m - 1]
@@ -711,14 +687,13 @@ class FastMuonSimulator:
         target = torch.rand(owner.shape, generator=generator, dtype=f64, device=device) * lam_sum.index_select(0, owner)
         pair = _inverse_cdf(cumulative, owner, target)  # flat (deposit, PMT) index of each early p.e.
         u = torch.rand(owner.shape, generator=generator, dtype=f64, device=device) * u_split.index_select(0, owner)
-        t_early = _early_times(time_pairs, n_q, flat_index, flat_weight, pair, u, node.index_select(0, owner))
+        t_early = rows.early_times(flat_index, flat_weight, pair, u, node.index_select(0, owner))
         first = torch.full((n_pmt,), math.inf, device=device).scatter_reduce_(0, owner, t_early, reduce="amin")
         # 2. late p.e.: only pairs whose earliest late time is before the earliest early p.e.
-        candidates = _late_candidates(time_pairs, n_q, index, weight, node, first)
-        pair = torch.nonzero(candidates.reshape(-1)).squeeze(1)
+        bound = rows.time_at_node(index, weight, node.to(torch.int32))
+        pair = torch.nonzero((bound < first).reshape(-1)).squeeze(1)
         gap = _exponential(pair.shape, generator, device)
-        pmt, t_late, hit, used = _late_times(time_pairs, n_q, flat_index, flat_weight, lam.reshape(-1), u_split,
-                                              node, pair, gap)
+        pmt, t_late, hit, used = rows.late_times(flat_index, flat_weight, lam.reshape(-1), u_split, node, pair, gap)
         first = first.scatter_reduce_(0, pmt, t_late, reduce="amin")
         rest = (lam_sum * (1.0 - u_split)).index_add_(0, pmt, -used)
         counts = (n_early.index_add_(0, pmt, hit.to(f64)) + torch.poisson(rest.clamp_min_(0), generator)).float()
