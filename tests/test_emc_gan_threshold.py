@@ -235,3 +235,40 @@ def test_critic_hit_spectrum_counts_crystals_above_each_level(shower_file: Path,
         config_from_dict(raw_config({**TINY_THRESHOLD, "critic_hit_levels": [1.0]}), source="emc.yaml")
     with pytest.raises(ConfigError, match="critic_hit_levels"):
         config_from_dict(raw_config({**log_critic, "critic_hit_levels": [0.0]}), source="emc.yaml")
+
+
+def test_output_knots_are_a_learned_monotone_map_of_the_log_energy(shower_file: Path, tmp_path: Path) -> None:
+    """``model.output_knots``: E = t exp(phi(u)), phi piecewise linear with learned slopes: the identity at the
+    start, phi(0) = 0 (the cut stays at t), monotone, and a steep segment opens a gap in the spectrum."""
+    config = GANConfig(**{**TINY_THRESHOLD, "output_knots": 4, "output_knot_range": 2.0})
+    gan = ConditionalGAN(n_targets=121, n_conditions=6, config=config)
+    net = gan.generator_net
+    u = torch.linspace(-3.0, 6.0, 901).reshape(1, -1)
+    torch.testing.assert_close(net.output_map(u), u)  # identity before training
+    with torch.no_grad():  # slopes 0.2, 8, 1, 1 on [0, 0.5), [0.5, 1), [1, 1.5), [1.5, 2); 3 beyond; 0.2 below 0
+        net.knot_slopes.copy_(torch.log(torch.expm1(torch.tensor([0.2, 8.0, 1.0, 1.0, 3.0]))))
+    with torch.no_grad():
+        phi = net.output_map(u)[0]
+    x = u[0].double()
+    expected = torch.where(x < 0.5, 0.2 * x, torch.where(x < 1.0, 0.1 + 8 * (x - 0.5), 4.1 + (x - 1.0)))
+    expected = torch.where(x >= 2.0, 5.1 + 3 * (x - 2.0), expected)
+    torch.testing.assert_close(phi.double(), expected, rtol=0, atol=1e-5)
+    assert bool((phi.diff() > 0).all()) and float(net.output_map(torch.zeros(1, 1)).detach()) == 0.0
+    # uniform u in [0, 1.5): phi in (0.6, 3.6) takes u in (0.5625, 0.9375), a quarter of the rows (0.6 without
+    # the map): the steep segment thins out the spectrum there, a dip in E / t between e^0.6 and e^3.6
+    uniform = torch.rand(1, 100_000, generator=torch.Generator().manual_seed(0)) * 1.5
+    with torch.no_grad():
+        ratio = torch.exp(net.output_map(uniform))
+    dip = ((ratio > np.exp(0.6)) & (ratio < np.exp(3.6))).float().mean()
+    assert abs(float(dip) - 0.25) < 0.005
+    # trains (the slopes move), saves, loads and exports
+    raw = raw_config({**TINY_THRESHOLD, "output_knots": 8, "total_energy": "head"}, epochs=1)
+    run_dir = train(config_from_dict(raw), shower_file, tmp_path / "gan", progress=False, log=quiet)
+    run = load_run(run_dir)
+    slopes = run.model.generator_net.knot_slopes
+    assert slopes is not None and not torch.allclose(slopes, torch.full_like(slopes, np.log(np.e - 1)))
+    assert export_onnx(run_dir, tmp_path / "gan.onnx")["max_rel_diff"] < 1e-3
+    with pytest.raises(ConfigError, match="output_knots needs model.output threshold"):
+        config_from_dict(raw_config({**TINY_GAN, "output_knots": 4}), source="emc.yaml")
+    with pytest.raises(ConfigError, match="output_knot_range > 0"):
+        config_from_dict(raw_config({**TINY_THRESHOLD, "output_knots": 4, "output_knot_range": 0.0}), source="e.yaml")

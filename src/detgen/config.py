@@ -231,6 +231,13 @@ class GANConfig:
     output: str = "relu"
     zero_suppression: float = 0.0
     gate_temperature: float = 0.0
+    #: output threshold: E = t exp(phi(u)) with phi a learned monotone piecewise-linear map, identity at the
+    #: start, with ``output_knots`` equal segments on u in [0, ``output_knot_range``] (the last slope continues
+    #: beyond, the first below 0; phi(0) = 0, so the cut stays at t). A steep segment makes a gap in the
+    #: spectrum of crystal energies (e.g. between noise-only crystals just above the cut and single energy
+    #: deposits of a few MeV) that the convolutions' smooth output alone fills in. 0: off (phi = identity).
+    output_knots: int = 0
+    output_knot_range: float = 4.0
     #: output threshold: u = log_gain * (last convolution), so E = t exp(log_gain * h); a shower spans
     #: ln(E_max / t) ~ 8 (0.5 MeV to ~1.5 GeV), which a gain near that puts within reach of small weights.
     log_gain: float = 1.0

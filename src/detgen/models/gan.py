@@ -89,6 +89,11 @@ def check_gan_config(config: Any, data: Any, source: str) -> None:
         if config.output_leak > 0:
             raise ConfigError(f"{source}: model.output_leak is for output relu; output threshold has its own "
                               "gradient below the cut")
+    if config.output_knots and (config.output != "threshold" or config.output_knots < 1
+                                or not config.output_knot_range > 0):
+        raise ConfigError(f"{source}: model.output_knots needs model.output threshold, output_knots >= 1 and "
+                          f"output_knot_range > 0; got output {config.output!r}, output_knots "
+                          f"{config.output_knots}, output_knot_range {config.output_knot_range}")
     if config.critic_input not in ("linear", "log"):
         raise ConfigError(f"{source}: model.critic_input = {config.critic_input!r} (expected linear or log)")
     if config.critic_total not in ("log", "energy"):
@@ -188,6 +193,11 @@ class ShowerGenerator(nn.Module):
         kernel = (height * self.upsample - config.image_shape[0] + 1, width * self.upsample - config.image_shape[1] + 1)
         layers.append(nn.Conv2d(previous, 1, kernel))
         self.convolutions = nn.Sequential(*layers)
+        # model.output_knots: the slopes of phi, softplus(parameter), 1 at the start (phi = identity)
+        self.knot_width = float(config.output_knot_range) / max(int(config.output_knots), 1)
+        self.knot_slopes: nn.Parameter | None = None
+        if config.output_knots:
+            self.knot_slopes = nn.Parameter(torch.full((int(config.output_knots) + 1,), math.log(math.e - 1.0)))
         # model.total_energy head: the image total from (first energy_noise noise inputs, conditions)
         self.energy_noise = int(config.energy_noise) if config.total_energy == "head" else 0
         self.energy_head: nn.Sequential | None = None
@@ -263,7 +273,7 @@ class ShowerGenerator(nn.Module):
         h = nn.functional.interpolate(h, scale_factor=float(self.upsample), mode="nearest")
         h = self.convolutions(h)
         if self.output == "threshold":
-            u, threshold = self.log_gain * h.flatten(1), self.threshold(conditions)
+            u, threshold = self.output_map(self.log_gain * h.flatten(1)), self.threshold(conditions)
             if self.energy_head is not None:
                 # rescale the map to the head's total: E -> c E is u -> u + ln c; twice, since the cut moves
                 # crystals near it in or out (the head learns from the data's totals only: detached here)
@@ -278,6 +288,17 @@ class ShowerGenerator(nn.Module):
             leaky = nn.functional.leaky_relu(h, self.output_leak)
             return (torch.relu(h).detach() + leaky - leaky.detach()).flatten(1)
         return torch.relu(h).flatten(1)
+
+    def output_map(self, u: Tensor) -> Tensor:
+        """phi(u) of ``model.output_knots``: monotone, piecewise linear, phi(0) = 0; the identity when off."""
+        if self.knot_slopes is None:
+            return u
+        slopes = nn.functional.softplus(self.knot_slopes)
+        n, width = slopes.shape[0] - 1, self.knot_width
+        starts = torch.arange(n, dtype=u.dtype, device=u.device) * width
+        inside = torch.clamp(u.unsqueeze(-1) - starts, min=0.0, max=width)  # (rows, pixels, segments)
+        return (inside @ slopes[:n] + slopes[0] * torch.clamp(u, max=0.0)
+                + slopes[n] * torch.relu(u - n * width))
 
     def _log_sum_exp_kept(self, u: Tensor) -> Tensor:
         """ln sum exp(u) over the crystals :meth:`_zero_suppressed` keeps (with the smooth gate's weights in
