@@ -9,6 +9,7 @@ forward (straight-through); save/load and ONNX export reproduce the sampler.
 from __future__ import annotations
 
 import csv
+import math
 import dataclasses
 from pathlib import Path
 
@@ -246,7 +247,7 @@ def test_output_knots_are_a_learned_monotone_map_of_the_log_energy(shower_file: 
     u = torch.linspace(-3.0, 6.0, 901).reshape(1, -1)
     torch.testing.assert_close(net.output_map(u), u)  # identity before training
     with torch.no_grad():  # slopes 0.2, 8, 1, 1 on [0, 0.5), [0.5, 1), [1, 1.5), [1.5, 2); 3 beyond; 0.2 below 0
-        net.knot_slopes.copy_(torch.log(torch.expm1(torch.tensor([0.2, 8.0, 1.0, 1.0, 3.0]))))
+        net.knot_slopes.copy_(torch.log(torch.tensor([0.2, 8.0, 1.0, 1.0, 3.0])) / net.KNOT_GAIN)
     with torch.no_grad():
         phi = net.output_map(u)[0]
     x = u[0].double()
@@ -266,9 +267,47 @@ def test_output_knots_are_a_learned_monotone_map_of_the_log_energy(shower_file: 
     run_dir = train(config_from_dict(raw), shower_file, tmp_path / "gan", progress=False, log=quiet)
     run = load_run(run_dir)
     slopes = run.model.generator_net.knot_slopes
-    assert slopes is not None and not torch.allclose(slopes, torch.full_like(slopes, np.log(np.e - 1)))
+    assert slopes is not None and not torch.allclose(slopes, torch.zeros_like(slopes))
     assert export_onnx(run_dir, tmp_path / "gan.onnx")["max_rel_diff"] < 1e-3
     with pytest.raises(ConfigError, match="output_knots needs model.output threshold"):
         config_from_dict(raw_config({**TINY_GAN, "output_knots": 4}), source="emc.yaml")
     with pytest.raises(ConfigError, match="output_knot_range > 0"):
         config_from_dict(raw_config({**TINY_THRESHOLD, "output_knots": 4, "output_knot_range": 0.0}), source="e.yaml")
+
+
+def test_readout_noise_adds_the_noise_hits_of_empty_crystals(shower_file: Path, tmp_path: Path) -> None:
+    """``model.readout_noise``: empty crystals get N(0, sigma) and are kept where that passes the cut (sigma 0.2,
+    cut 0.5 MeV: P(z >= 2.5) = 0.62 %, mean 0.56 MeV); filled crystals are unchanged; the normals are noise inputs."""
+    config = GANConfig(**{**TINY_THRESHOLD, "readout_noise": 0.2})
+    gan = ConditionalGAN(n_targets=121, n_conditions=6, config=config)
+    assert gan.noise_dim == 8 + 121
+    net = gan.generator_net.eval()
+    net._threshold_map = (-1, 0.0, 1.0, False, 1000.0)  # normalise: none, scale 1000: E (MeV) = 1000 x
+    spread_outputs(gan, seed=4)
+    rows = 4000
+    noise = torch.randn(rows, gan.noise_dim, generator=torch.Generator().manual_seed(1))
+    conditions = torch.randn(rows, 6, generator=torch.Generator().manual_seed(2))
+    silent = noise.clone()
+    silent[:, 8:] = 0.0  # no readout noise
+    with torch.no_grad():
+        maps, bare = net(noise, conditions) * 1000.0, net(silent, conditions) * 1000.0
+    empty = bare == 0
+    assert 0.05 < float(empty.float().mean()) < 0.95
+    torch.testing.assert_close(maps[~empty], bare[~empty], rtol=0, atol=0)  # filled crystals untouched
+    hits = maps[empty]
+    rate = float((hits > 0).float().mean())
+    expected = 0.5 * math.erfc(2.5 / math.sqrt(2))  # P(0.2 z >= 0.5)
+    n_empty = int(empty.sum())
+    assert abs(rate - expected) < 4 * math.sqrt(expected / n_empty)
+    kept = hits[hits > 0]
+    assert float(kept.min()) >= 0.5 * (1 - 1e-5)
+    # mean of 0.2 z given z >= 2.5: 0.2 phi(2.5) / Q(2.5) = 0.566 MeV
+    truncated_mean = 0.2 * math.exp(-2.5**2 / 2) / math.sqrt(2 * math.pi) / expected
+    assert abs(float(kept.mean()) - truncated_mean) < 4 * 0.2 * 0.37 / math.sqrt(len(kept))
+    torch.testing.assert_close(net(noise[:50], conditions[:50]) * 1000.0, maps[:50])  # deterministic given noise
+    raw = raw_config({**TINY_THRESHOLD, "readout_noise": 0.2, "total_energy": "head"}, epochs=1)
+    run_dir = train(config_from_dict(raw), shower_file, tmp_path / "gan", progress=False, log=quiet)
+    assert load_run(run_dir).sampler().noise_dim == 8 + 121
+    assert export_onnx(run_dir, tmp_path / "gan.onnx")["max_rel_diff"] < 1e-3
+    with pytest.raises(ConfigError, match="readout_noise"):
+        config_from_dict(raw_config({**TINY_GAN, "readout_noise": 0.2}), source="emc.yaml")

@@ -238,6 +238,12 @@ class GANConfig:
     #: deposits of a few MeV) that the convolutions' smooth output alone fills in. 0: off (phi = identity).
     output_knots: int = 0
     output_knot_range: float = 4.0
+    #: output threshold: the readout's noise hits. Crystals the generator leaves empty get Gaussian noise of
+    #: this width (physical units, e.g. 0.2 MeV) and are kept where it passes the cut (with 0.2 and a 0.5 MeV
+    #: cut: 0.6 % of the empty crystals, at 0.5-0.8 MeV); the generator's own crystals carry their noise already
+    #: (learnt from the data). Its standard normals are the last image-size columns of the generator's noise
+    #: input (noise_dim + pixels in all), so samples stay reproducible and the exported graph deterministic. 0: off.
+    readout_noise: float = 0.0
     #: output threshold: u = log_gain * (last convolution), so E = t exp(log_gain * h); a shower spans
     #: ln(E_max / t) ~ 8 (0.5 MeV to ~1.5 GeV), which a gain near that puts within reach of small weights.
     log_gain: float = 1.0

@@ -94,6 +94,9 @@ def check_gan_config(config: Any, data: Any, source: str) -> None:
         raise ConfigError(f"{source}: model.output_knots needs model.output threshold, output_knots >= 1 and "
                           f"output_knot_range > 0; got output {config.output!r}, output_knots "
                           f"{config.output_knots}, output_knot_range {config.output_knot_range}")
+    if config.readout_noise < 0 or (config.readout_noise > 0 and config.output != "threshold"):
+        raise ConfigError(f"{source}: model.readout_noise = {config.readout_noise} (expected >= 0; > 0 needs model."
+                          f"output threshold, whose cut decides which noise hits are kept); output {config.output!r}")
     if config.critic_input not in ("linear", "log"):
         raise ConfigError(f"{source}: model.critic_input = {config.critic_input!r} (expected linear or log)")
     if config.critic_total not in ("log", "energy"):
@@ -168,6 +171,8 @@ class ShowerGenerator(nn.Module):
         self.dense = nn.Linear(noise_dim + n_conditions, channels * height * width)
         self.upsample = int(config.upsample)
         self.output_leak = float(config.output_leak)
+        self.latent_dim = noise_dim  # noise columns the dense layer reads; the rest are the readout's (readout_noise)
+        self.readout_ratio = float(config.readout_noise) / float(config.zero_suppression) if config.readout_noise else 0.0
         self.output = str(config.output)
         self.zero_suppression = float(config.zero_suppression)
         self.gate_temperature = float(config.gate_temperature)
@@ -193,11 +198,11 @@ class ShowerGenerator(nn.Module):
         kernel = (height * self.upsample - config.image_shape[0] + 1, width * self.upsample - config.image_shape[1] + 1)
         layers.append(nn.Conv2d(previous, 1, kernel))
         self.convolutions = nn.Sequential(*layers)
-        # model.output_knots: the slopes of phi, softplus(parameter), 1 at the start (phi = identity)
+        # model.output_knots: the slopes of phi, exp(KNOT_GAIN * parameter), 1 at the start (phi = identity)
         self.knot_width = float(config.output_knot_range) / max(int(config.output_knots), 1)
         self.knot_slopes: nn.Parameter | None = None
         if config.output_knots:
-            self.knot_slopes = nn.Parameter(torch.full((int(config.output_knots) + 1,), math.log(math.e - 1.0)))
+            self.knot_slopes = nn.Parameter(torch.zeros(int(config.output_knots) + 1))
         # model.total_energy head: the image total from (first energy_noise noise inputs, conditions)
         self.energy_noise = int(config.energy_noise) if config.total_energy == "head" else 0
         self.energy_head: nn.Sequential | None = None
@@ -212,6 +217,11 @@ class ShowerGenerator(nn.Module):
             # total = location + scale * head output: the training totals' mean and standard deviation
             self.register_buffer("energy_location", torch.zeros(1))
             self.register_buffer("energy_scale", torch.ones(1))
+
+    #: phi's slopes are exp(KNOT_GAIN * parameter): Adam moves a parameter by ~lr per step whatever its gradient,
+    #: so the gain lets a slope change by a factor e in ~1 / (KNOT_GAIN lr) steps (~170 at lr 6e-4, an epoch) rather
+    #: than ~1,700 (a 16-parameter map beside a network of 50k weights)
+    KNOT_GAIN = 10.0
 
     #: Rows per pass in eager mode: the (rows, 16, 12, 12) activations of 256 rows (2.4 MB) stay in cache; on
     #: this CPU 256-row passes ran 2-2.5x faster than 2048-row ones and a 65536-row batch in one pass (600 MB
@@ -268,6 +278,7 @@ class ShowerGenerator(nn.Module):
         return torch.clamp(self.energy_location + self.energy_scale * out, min=1e-6)
 
     def _images(self, noise: Tensor, conditions: Tensor) -> Tensor:
+        noise, readout = noise[:, : self.latent_dim], noise[:, self.latent_dim :]
         h = nn.functional.leaky_relu(self.dense(torch.cat([noise, conditions], dim=1)), 0.2)
         h = self.coarse(h.view(-1, *self.dense_shape))
         h = nn.functional.interpolate(h, scale_factor=float(self.upsample), mode="nearest")
@@ -282,7 +293,12 @@ class ShowerGenerator(nn.Module):
                     wanted = wanted.detach()
                 for _ in range(2):
                     u = u + (torch.log(wanted / threshold) - self._log_sum_exp_kept(u))
-            return self._zero_suppressed(u, threshold)
+            energy = self._zero_suppressed(u, threshold)
+            if self.readout_ratio > 0:  # noise hits: empty crystals (below the cut) whose noise passes it
+                level = self.readout_ratio * readout  # the noise in units of the cut t
+                hits = ((u < 0) & (level >= 1.0)).to(energy.dtype)
+                energy = energy + threshold * level * hits
+            return energy
         if self.training and self.output_leak > 0:
             # forward: ReLU; backward: slope output_leak below zero (a straight-through leaky ReLU)
             leaky = nn.functional.leaky_relu(h, self.output_leak)
@@ -293,7 +309,7 @@ class ShowerGenerator(nn.Module):
         """phi(u) of ``model.output_knots``: monotone, piecewise linear, phi(0) = 0; the identity when off."""
         if self.knot_slopes is None:
             return u
-        slopes = nn.functional.softplus(self.knot_slopes)
+        slopes = torch.exp(self.KNOT_GAIN * self.knot_slopes)
         n, width = slopes.shape[0] - 1, self.knot_width
         starts = torch.arange(n, dtype=u.dtype, device=u.device) * width
         inside = torch.clamp(u.unsqueeze(-1) - starts, min=0.0, max=width)  # (rows, pixels, segments)
@@ -494,8 +510,9 @@ class ConditionalGAN(ModelFamily):
         _check_pixels(n_targets, config.image_shape, "gan")
         self.config = config
         self.n_targets = n_targets
-        self.noise_dim = int(config.noise_dim)
-        self.generator_net = ShowerGenerator(noise_dim=self.noise_dim, n_conditions=n_conditions, config=config)
+        self.generator_net = ShowerGenerator(noise_dim=int(config.noise_dim), n_conditions=n_conditions, config=config)
+        # the sampler's noise: the generator's latent, then (readout_noise) one readout normal per pixel
+        self.noise_dim = int(config.noise_dim) + (n_targets if config.readout_noise > 0 else 0)
         self.critic = ShowerCritic(n_conditions=n_conditions, config=config)
         if config.critic_input == "log" and config.critic_total == "energy":
             # the critic's total-energy feature from ln(1 + x / t): sum of t (exp(v) - 1), i.e. the linear sum
