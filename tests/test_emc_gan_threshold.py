@@ -9,8 +9,8 @@ forward (straight-through); save/load and ONNX export reproduce the sampler.
 from __future__ import annotations
 
 import csv
-import math
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np

@@ -311,10 +311,12 @@ class ShowerGenerator(nn.Module):
             return u
         slopes = torch.exp(self.KNOT_GAIN * self.knot_slopes)
         n, width = slopes.shape[0] - 1, self.knot_width
-        starts = torch.arange(n, dtype=u.dtype, device=u.device) * width
-        inside = torch.clamp(u.unsqueeze(-1) - starts, min=0.0, max=width)  # (rows, pixels, segments)
-        return (inside @ slopes[:n] + slopes[0] * torch.clamp(u, max=0.0)
-                + slopes[n] * torch.relu(u - n * width))
+        # phi at each segment's start, then one lookup per pixel (a gather: cheaper than a pixels x segments
+        # expansion, by ~1.5x in onnxruntime); below 0 the first segment's slope, beyond the range the last one
+        starts = torch.cat([slopes.new_zeros(1), torch.cumsum(slopes[: n - 1] * width, 0)])
+        segment = torch.clamp(torch.floor(u / width), min=0.0, max=float(n - 1)).long()
+        inside = torch.clamp(u, max=n * width) - segment.to(u.dtype) * width
+        return starts[segment] + slopes[segment] * inside + slopes[n] * torch.relu(u - n * width)
 
     def _log_sum_exp_kept(self, u: Tensor) -> Tensor:
         """ln sum exp(u) over the crystals :meth:`_zero_suppressed` keeps (with the smooth gate's weights in
