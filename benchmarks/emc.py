@@ -1,6 +1,6 @@
 """BESIII EMC benchmark: the conditional GAN (+ regressor) versus held-out reference showers, and throughput.
 
-    python benchmarks/emc.py --out bench_out/emc [--quick] [--n 100000] [--regressor-epochs 10] [--gan-epochs 30]
+    python benchmarks/emc.py --out bench_out/emc [--quick] [--n 125000] [--regressor-epochs 10] [--gan-epochs 30]
 
 1. simulate ``--n`` e- showers with the reference simulator (``detgen.simulators.emc``);
 2. train the regressor (configs/emc_regressor.yaml) and the GAN (configs/emc_gan.yaml, naming that regressor run)
@@ -288,7 +288,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench_out/emc"))
     parser.add_argument("--quick", action="store_true", help="12k showers, 2 + 2 epochs (a few minutes)")
-    parser.add_argument("--n", type=int, default=100_000, help="showers simulated for training/validation/test")
+    parser.add_argument("--n", type=int, default=125_000,
+                        help="showers simulated for training/validation/test (80/10/10; the config's 20 epochs suit "
+                             "~100k training showers)")
     parser.add_argument("--particle", default="e-")
     parser.add_argument("--regressor-epochs", type=int, default=None, help="default: the config's")
     parser.add_argument("--gan-epochs", type=int, default=None, help="default: the config's")
