@@ -7,7 +7,8 @@
 2. per scenario (baseline, correlation rho = 0.5 and 1.0, asymmetric) the detector response (``smear_photons``);
 3. train the CNF (configs/photons_cnf.yaml), its IAF student (configs/photons_student.yaml) and the smearing
    baseline (configs/photons_smearing.yaml) on the same file; training wall time of each; with
-   ``--models ...,cnf_rqs`` also the spline variant of the CNF (configs/photons_cnf_rqs.yaml);
+   ``--models ...,cnf_rqs`` also the spline variant of the CNF (configs/photons_cnf_rqs.yaml), ``cnf_noise``
+   the CNF with ``model.target_noise`` (``--target-noise``, a fraction of each target's spread);
 4. generate on the held-out test split with each and ``validate_photons`` against it; a ``reference`` column
    validates an independent smearing of the same test truth (same scenario, another seed): the statistical floor
    of every metric at this sample size;
@@ -58,9 +59,9 @@ SCENARIOS: dict[str, tuple[str, float]] = {
     "asymmetric": ("asymmetric", 0.5),
 }
 MODELS = ("cnf", "student", "smearing")
-#: Models trained only when --models names them: the spline variant of the CNF (configs/photons_cnf_rqs.yaml,
-#: its own epochs; not in the throughput step)
-EXTRA_MODELS = ("cnf_rqs",)
+#: Models trained only when --models names them (not in the throughput step): the spline variant of the CNF
+#: (configs/photons_cnf_rqs.yaml, its own epochs) and the CNF trained with target noise (--target-noise)
+EXTRA_MODELS = ("cnf_rqs", "cnf_noise")
 #: The issue's fidelity targets (benchmark, not timed tests): metric -> largest passing value.
 TARGETS = {"max_rel_resolution_dev": 0.02, "max_abs_corr_dev": 0.02, "tail_fraction_rel_dev": 0.05,
            "mgg_mean_dev_gev": 0.05, "mgg_sd_rel_dev": 0.02}
@@ -93,8 +94,9 @@ def configs(args: argparse.Namespace, teacher_dir: Path) -> dict[str, Config]:
     rqs = load_config(CONFIGS / "photons_cnf_rqs.yaml").replace_training(batch_size=args.batch_size)
     if args.quick:
         rqs = rqs.replace_training(epochs=args.epochs)
+    noisy = dataclasses.replace(cnf, model=dataclasses.replace(cnf.model, target_noise=args.target_noise))
     return {"cnf": cnf, "student": student, "smearing": load_config(CONFIGS / "photons_smearing.yaml"),
-            "cnf_rqs": rqs}
+            "cnf_rqs": rqs, "cnf_noise": noisy}
 
 
 def truth_step(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -148,6 +150,7 @@ def scenario_step(name: str, truth: dict[str, np.ndarray], args: argparse.Namesp
         entry[model] = {**summary(metrics), "train_seconds": train_seconds, "best_epoch": meta.get("best_epoch"),
                         "epochs_completed": meta.get("epochs_completed"),
                         "rows_outside_tanh_domain": meta.get("rows_outside_tanh_domain"),
+                        "target_noise_scale": meta.get("target_noise_scale"),
                         "generate_rows_per_second": info["rows_per_second"]}
         save(args, results)
 
@@ -292,6 +295,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS),
                         help="comma-separated subset of " + ",".join(MODELS + EXTRA_MODELS) + " to train and validate "
                              "(default: " + ",".join(MODELS) + ")")
+    parser.add_argument("--target-noise", type=float, default=0.05,
+                        help="model.target_noise of the cnf_noise model (fraction of each target's standard deviation)")
     parser.add_argument("--test-events", type=int, default=0,
                         help="also validate every trained model on an independent truth of this many events")
     parser.add_argument("--quick", action="store_true", help="20k events, 3 + 2 epochs, baseline and asymmetric")

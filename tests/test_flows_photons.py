@@ -128,6 +128,69 @@ def test_affine_maf_sampler_equals_zukos_inverse(final_tanh: bool) -> None:
     assert torch.all(flow.generator()(z, c).abs() <= 1)
 
 
+# ------------------------------------------------------------------------------------------ target noise
+def test_target_noise_acts_in_training_only_before_the_tanh_at_each_targets_scale() -> None:
+    torch.manual_seed(0)
+    config = FlowConfig(transform="affine", blocks=2, hidden=[16, 16], randperm=True, final_tanh=True, target_noise=0.1)
+    flow = ConditionalFlow(n_targets=3, n_conditions=2, config=config)
+    y = torch.tanh(torch.randn(4000, 3) * torch.tensor([0.05, 0.2, 0.5]))
+    y[0, 1] = 1.5  # outside the tanh's domain: left out of the scale as of the loss
+    table = {"a": np.zeros(4000), "b": np.zeros(4000), **{f"t{j}": y[:, j].numpy() for j in range(3)}}
+    pre = Preprocessor.fit(table, conditions=["a", "b"], targets=["t0", "t1", "t2"],
+                           transforms={f"t{j}": "scale:1" for j in range(3)})
+    c = torch.randn(4000, 2)
+    info = flow.prepare_training(pre, (y, c), (y[:100], c[:100]), lambda _: None)
+    expected = 0.1 * torch.atanh(y[1:]).std(0)
+    assert flow.noise_scale is not None and torch.allclose(flow.noise_scale, expected)
+    assert info["target_noise_scale"] == pytest.approx(expected.tolist())
+    rows, cond = y[1:9], c[1:9]
+    flow.eval()  # validation and generation: the exact density, no noise
+    exact = flow.log_prob(rows, cond)
+    assert torch.equal(flow.log_prob(rows, cond), exact)
+    flow.train()
+    torch.manual_seed(5)
+    noisy = flow.log_prob(rows, cond)
+    torch.manual_seed(5)
+    shifted = torch.tanh(torch.atanh(rows) + flow.noise_scale * torch.randn(rows.shape))
+    flow.eval()
+    assert not torch.allclose(noisy, exact)
+    assert torch.allclose(noisy, flow.log_prob(shifted, cond), atol=1e-5)  # the same noise, added before the tanh
+
+
+def test_target_noise_lets_a_flow_learn_a_degenerate_response_as_its_convolution() -> None:
+    """x2 = 2 x1 exactly (rho = 1): with noise f the flow learns x2 - 2 x1 ~ N(0, f^2 (s2^2 + 4 s1^2)), finite."""
+    torch.manual_seed(1)
+    f = 0.05
+    config = FlowConfig(transform="affine", blocks=2, hidden=[32, 32], target_noise=f)
+    flow = ConditionalFlow(n_targets=2, n_conditions=1, config=config)
+    x1 = torch.randn(20000, 1)
+    x, c = torch.cat([x1, 2 * x1], 1), torch.zeros(20000, 1)
+    flow.prepare_training(None, (x, c), (x, c), lambda _: None)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=3e-3)
+    for _ in range(600):
+        rows = torch.randint(0, 20000, (512,))
+        loss = flow.loss(x[rows], c[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    flow.eval()
+    with torch.no_grad():
+        sample = flow.generator()(torch.randn(20000, 2), c)
+        assert torch.isfinite(flow.loss(x, c))
+    width = float((sample[:, 1] - 2 * sample[:, 0]).std())
+    expected = f * math.sqrt(float(x[:, 1].var()) + 4 * float(x[:, 0].var()))
+    assert width == pytest.approx(expected, rel=0.3)
+    assert float(sample[:, 0].std()) == pytest.approx(1.0, rel=0.05)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, float("nan")])
+def test_bad_target_noise_is_a_config_error(value: float) -> None:
+    raw = tiny_cnf_config()
+    raw["model"]["target_noise"] = value
+    with pytest.raises(ConfigError, match="model.target_noise"):
+        config_from_dict(raw)
+
+
 # ------------------------------------------------------------------------------------------ training
 def test_the_cnf_config_trains_and_counts_the_rows_it_leaves_out(tmp_path: Path) -> None:
     table = toy_photons(3000)

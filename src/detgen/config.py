@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -81,10 +82,19 @@ class FlowConfig:
     #: ``scale:S`` transforms); training rows with a target outside (-1, 1) are counted, reported and
     #: left out of the loss.
     final_tanh: bool = False
+    #: Noise regularisation: during training only, each target column gets Gaussian noise of ``target_noise``
+    #: times its training standard deviation (in the flow's own space: before the final tanh when there is one).
+    #: The flow then learns the data convolved with that noise, a density that stays finite where the data lie
+    #: on a lower-dimensional surface (photons with rho = 1: both photons' responses one draw), and its samples
+    #: carry the noise: a response of width sigma comes out sqrt(sigma^2 + eps^2) wide. 0 switches it off.
+    target_noise: float = 0.0
 
     def check(self, data: DataConfig, source: str) -> None:
         if self.transform not in ("rqs", "affine"):
             raise ConfigError(f"{source}: model.transform = {self.transform!r} (expected rqs or affine)")
+        if not (math.isfinite(self.target_noise) and 0 <= self.target_noise < 1):
+            raise ConfigError(f"{source}: model.target_noise = {self.target_noise} (expected a fraction of each target's "
+                              f"standard deviation, 0 <= target_noise < 1; 0 = off)")
         if self.final_tanh:
             _check_bounded_targets(data, source)
 

@@ -112,6 +112,9 @@ class ConditionalFlow(ModelFamily):
         else:
             self.flow = zuko.flows.MAF(**common)  # type: ignore[arg-type]
         self.final_tanh = config.final_tanh
+        #: model.target_noise times each target's training standard deviation (flow space), set by
+        #: prepare_training; None: no noise
+        self.noise_scale: Tensor | None = None
         self._stack: SplineStackGenerator | None = None
         if n_targets == 1 and config.transform == "rqs":
             # a view of the flow's own layers (not a copy): excluded from state_dict to keep one set of weights
@@ -140,6 +143,14 @@ class ConditionalFlow(ModelFamily):
             info["rows_outside_spline_domain"] = outside
         if self.final_tanh:
             info["rows_outside_tanh_domain"] = count_outside_tanh(preprocessor, train_set, val_set, log)
+        if self.config.target_noise > 0:
+            targets = train_set[0]
+            if self.final_tanh:  # the noise acts before the tanh: its scale is measured there
+                targets = TanhBijection.inverse(targets[inside_tanh_domain(targets)])
+            self.noise_scale = self.config.target_noise * targets.std(0)
+            info["target_noise_scale"] = [float(x) for x in self.noise_scale]
+            log(f"target noise (training only): {self.config.target_noise} x each target's standard deviation = "
+                + ", ".join(f"{x:.3g}" for x in self.noise_scale.tolist()) + " in flow units")
         return info
 
     def _base_log_prob(self, u: Tensor, conditions: Tensor) -> Tensor:
@@ -148,11 +159,20 @@ class ConditionalFlow(ModelFamily):
         return self.flow(conditions).log_prob(u)
 
     def log_prob(self, targets: Tensor, conditions: Tensor) -> Tensor:
-        """log density in model space; -inf for rows outside (-1, 1) when the flow ends in a tanh."""
+        """log density in model space; -inf for rows outside (-1, 1) when the flow ends in a tanh.
+
+        In training mode with ``model.target_noise`` the targets first get their noise (in flow space), so this
+        is the log density of the noisy targets; in eval mode (validation, generation) it is exact.
+        """
+        noise = self.noise_scale if self.training else None
         if not self.final_tanh:
+            if noise is not None:
+                targets = targets + noise * torch.randn_like(targets)
             return self._base_log_prob(targets, conditions)
         inside = inside_tanh_domain(targets)
         u = TanhBijection.inverse(torch.where(inside.unsqueeze(1), targets, torch.zeros_like(targets)))
+        if noise is not None:
+            u = u + noise * torch.randn_like(u)
         log_p = self._base_log_prob(u, conditions) - TanhBijection.log_abs_det(u).sum(1)
         return torch.where(inside, log_p, torch.full_like(log_p, -math.inf))
 
