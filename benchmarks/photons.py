@@ -121,7 +121,7 @@ def scenario_step(name: str, truth: dict[str, np.ndarray], args: argparse.Namesp
     data = folder / "data.parquet"
     if not data.exists():
         write_table(data, {**truth, **smear_photons(truth, scenario=scenario, rho=rho, rng=args.seed + 1)})
-    all_configs = configs(args, folder / "run_cnf")
+    all_configs = configs(args, folder / f"run_{args.teacher}")
     # every column of the held-out rows (the configs select no rows, so this is the split training used)
     assert not all_configs["cnf"].data.select
     test_truth = split_table(read_table(data), all_configs["cnf"].data)[2]
@@ -151,6 +151,7 @@ def scenario_step(name: str, truth: dict[str, np.ndarray], args: argparse.Namesp
                         "epochs_completed": meta.get("epochs_completed"),
                         "rows_outside_tanh_domain": meta.get("rows_outside_tanh_domain"),
                         "target_noise_scale": meta.get("target_noise_scale"),
+                        **({"teacher": args.teacher} if model == "student" else {}),
                         "generate_rows_per_second": info["rows_per_second"]}
         save(args, results)
 
@@ -297,6 +298,8 @@ def main() -> None:
                              "(default: " + ",".join(MODELS) + ")")
     parser.add_argument("--target-noise", type=float, default=0.05,
                         help="model.target_noise of the cnf_noise model (fraction of each target's standard deviation)")
+    parser.add_argument("--teacher", choices=("cnf", "cnf_noise"), default="cnf",
+                        help="the CNF the student is distilled from (train it first or in the same --models)")
     parser.add_argument("--test-events", type=int, default=0,
                         help="also validate every trained model on an independent truth of this many events")
     parser.add_argument("--quick", action="store_true", help="20k events, 3 + 2 epochs, baseline and asymmetric")
@@ -306,8 +309,11 @@ def main() -> None:
         args.scenarios = "baseline,asymmetric"
         args.throughput_rows = min(args.throughput_rows, 20_000)
     args.models = args.models.split(",")
-    if any(m not in MODELS + EXTRA_MODELS for m in args.models) or ("student" in args.models and "cnf" not in args.models):
-        parser.error(f"--models: expected names from {', '.join(MODELS + EXTRA_MODELS)} (the student needs the cnf)")
+    student_ok = "student" not in args.models or (
+        args.teacher in args.models and args.models.index("student") > args.models.index(args.teacher))
+    if any(m not in MODELS + EXTRA_MODELS for m in args.models) or not student_ok:
+        parser.error(f"--models: expected names from {', '.join(MODELS + EXTRA_MODELS)}, the student after its "
+                     f"teacher (--teacher {args.teacher})")
     names = args.scenarios.split(",")
     unknown = [s for s in names if s not in SCENARIOS]
     if unknown:

@@ -311,3 +311,27 @@ def test_readout_noise_adds_the_noise_hits_of_empty_crystals(shower_file: Path, 
     assert export_onnx(run_dir, tmp_path / "gan.onnx")["max_rel_diff"] < 1e-3
     with pytest.raises(ConfigError, match="readout_noise"):
         config_from_dict(raw_config({**TINY_GAN, "readout_noise": 0.2}), source="emc.yaml")
+
+
+def test_sampling_rescales_e_over_t_as_the_training_formula_does() -> None:
+    """With the energy head (and knots, readout noise) the sampler rescales x = E / t by products and sums; the
+    training branch does it with log-sum-exps of u = ln x. Same maps, same kept crystals."""
+    config = GANConfig(**{**TINY_THRESHOLD, "output_knots": 4, "readout_noise": 0.2, "total_energy": "head"})
+    gan = ConditionalGAN(n_targets=121, n_conditions=6, config=config)
+    net = gan.generator_net.eval()
+    net._threshold_map = (-1, 0.0, 1.0, False, 1000.0)
+    spread_outputs(gan, seed=2)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        net.energy_location.fill_(0.05)  # totals of ~50 MeV against a 0.5 MeV cut
+        net.energy_scale.fill_(0.01)
+    noise, conditions = torch.randn(2000, gan.noise_dim), torch.randn(2000, 6)
+    with torch.no_grad():
+        fast = net(noise, conditions)
+        net.sample_by_scaling = False
+        slow = net(noise, conditions)
+    kept = slow > 0
+    assert 0.05 < float(kept.float().mean()) < 0.95
+    assert float((fast > 0).ne(kept).float().mean()) < 1e-4  # a crystal within rounding of the cut may flip
+    same = (fast > 0) == kept
+    torch.testing.assert_close(fast[same], slow[same], rtol=1e-4, atol=1e-9)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from detgen.config import config_from_dict
-from detgen.export import export_onnx
+from detgen.export import agreement, export_onnx
 from detgen.runs import load_run
 from detgen.training import train
 
@@ -77,3 +77,25 @@ def test_group_export_refuses_unknown_groups_and_ungrouped_runs(tmp_path: Path, 
     with pytest.raises(DetgenError, match="not grouped"):
         export_onnx(plain, tmp_path / "y.onnx", group="pi+")
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
+
+
+def test_agreement_allows_rare_rounding_but_not_a_wrong_graph() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(1.0, 2.0, (4096, 121)).astype(np.float32)
+    assert agreement(reference.copy(), reference, 1e-3)["agrees"]
+    one = reference.copy()
+    one[7, 3] *= 1.005  # one value in 495k off by 0.5 %: exp-amplified float32 rounding
+    check = agreement(one, reference, 1e-3)
+    assert check["agrees"] and check["max_rel_diff"] == pytest.approx(0.005, rel=1e-3)
+    many = reference.copy()
+    many[:, 0] *= 1.002  # a whole column off by 0.2 %: a real disagreement
+    assert not agreement(many, reference, 1e-3)["agrees"]
+    far = reference.copy()
+    far[7, 3] *= 1.02  # one value 2 % off: beyond 10 x the tolerance
+    assert not agreement(far, reference, 1e-3)["agrees"]
+    empty = reference.copy()
+    empty[:, 9] = 0.0
+    empty[0, 9] = 1.0  # a column of empty crystals but one
+    rounded = empty.copy()
+    rounded[1:, 9] = 1e-6  # 0 in one runtime, 1e-6 in the other: relative to 1e-2 of the column max, 1e-4
+    assert agreement(rounded, empty, 1e-3)["agrees"]

@@ -102,6 +102,39 @@ def test_generator_parameter_count_is_the_seeds() -> None:
     assert 0.9 * 46_000 < n < 1.1 * 46_000
 
 
+@pytest.mark.parametrize("channels", [[6, 3, 1], [6, 1]])
+@pytest.mark.parametrize(("upsample", "kernel", "coarse"), [(3, 3, 4), (2, 3, 6), (3, 5, 4), (4, 3, 3), (2, 7, 6),
+                                                            (2, 3, 7)])
+def test_the_convolution_after_the_upsampling_runs_on_the_coarse_map_unchanged(upsample: int, kernel: int,
+                                                                              coarse: int, channels: list[int]) -> None:
+    """Nearest upsampling then a k x k convolution == one convolution of the coarse map (r^2 x the channels,
+    folded weights) then a pixel shuffle; with two layers the valid one is folded too (run before the shuffle,
+    then cropped): same images, same gradients, same saved weights."""
+    config = GANConfig(**{**TINY_GAN, "dense_shape": [5, coarse, coarse], "upsample": upsample,
+                          "kernel_size": kernel, "generator_channels": channels})
+    torch.manual_seed(0)
+    net = ConditionalGAN(n_targets=121, n_conditions=6, config=config).generator_net.double()  # exact comparison
+    assert net.fold_first and net.fold_last == (len(channels) == 2)
+    assert not {"upsample_fold", "shuffle_fold", "shuffle_fold_x"} & set(net.state_dict())
+    with torch.no_grad():  # biases and weights of every sign
+        for parameter in net.parameters():
+            parameter.normal_(0.0, 0.5)
+    noise, conditions = torch.randn(64, 8, dtype=torch.float64), torch.randn(64, 6, dtype=torch.float64)
+    outputs, gradients = [], []
+    for fold in (True, False):
+        net.fold_first = fold  # False: upsampling, convolutions, as written in the config
+        net.zero_grad()
+        out = net(noise, conditions)
+        (out * torch.linspace(-1, 1, 121, dtype=torch.float64)).sum().backward()
+        outputs.append(out.detach())
+        gradients.append(torch.cat([p.grad.flatten() for p in net.convolutions.parameters()]))  # type: ignore[union-attr]
+    assert float((outputs[1] > 0).float().mean()) > 0.2  # a live map, not all zeros
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-10, atol=1e-12)
+    single = GANConfig(**{**TINY_GAN, "generator_channels": [1]})  # only the valid convolution: nothing to fold
+    assert not ConditionalGAN(n_targets=121, n_conditions=6, config=single).generator_net.fold_first
+
+
 def test_output_leak_changes_only_the_training_gradient() -> None:
     """output_leak: the same ReLU images in train and eval mode, but in training a crystal the generator left at
     zero still receives the critic's gradient (a plain ReLU gives it none)."""

