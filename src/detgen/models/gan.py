@@ -384,12 +384,17 @@ class ShowerGenerator(nn.Module):
 
     def _rescaled_sample(self, u: Tensor, threshold: Tensor, wanted: Tensor, readout: Tensor) -> Tensor:
         """Sampling (eval mode) with the energy head: what the training branch of :meth:`_images` computes, with
-        the two rescalings done on x = E / t = exp(u) (x >= 1 is u >= 0; u + ln c is c x), so one exp and two
-        sums replace two log-sum-exps (the sampler graph's costliest reductions after the convolutions)."""
-        x = torch.exp(torch.clamp(u, max=80.0))  # E / t; u > 80 (E > 5e34 t) only in a diverged model
-        for _ in range(2):
-            kept = torch.sum(torch.where(x >= 1.0, x, torch.zeros_like(x)), dim=1, keepdim=True)
-            x = x * (wanted / threshold / torch.clamp(kept, min=math.exp(-30.0)))
+        fewer passes over the pixels. u's overall level is free (the rescale removes it; trained maps reach
+        u > 100 before it), so the first rescale works on exp(u - max u) <= 1 and scales each row to
+        x = E / t = exp(u + ln(T / t) - ln sum_kept exp(u)); the second multiplies x (u + ln c is c x, and
+        x >= 1 is u >= 0), so one exp and three row reductions replace two log-sum-exps."""
+        top = torch.amax(u, dim=1, keepdim=True)
+        y = torch.exp(u - top)
+        kept = torch.sum(torch.where(u >= 0, y, torch.zeros_like(y)), dim=1, keepdim=True)
+        log_kept = torch.clamp(torch.log(kept) + top, min=-30.0)  # as _log_sum_exp_kept (log 0 = -inf: none kept)
+        x = y * torch.exp(top + torch.log(wanted / threshold) - log_kept)
+        kept = torch.sum(torch.where(x >= 1.0, x, torch.zeros_like(x)), dim=1, keepdim=True)
+        x = x * (wanted / threshold / torch.clamp(kept, min=math.exp(-30.0)))
         energy = torch.where(x >= 1.0, x, torch.zeros_like(x))
         if self.readout_ratio > 0:  # noise hits: empty crystals whose readout noise passes the cut
             level = self.readout_ratio * readout
