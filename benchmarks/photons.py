@@ -299,7 +299,8 @@ def main() -> None:
     parser.add_argument("--target-noise", type=float, default=0.05,
                         help="model.target_noise of the cnf_noise model (fraction of each target's standard deviation)")
     parser.add_argument("--teacher", choices=("cnf", "cnf_noise"), default="cnf",
-                        help="the CNF the student is distilled from (train it first or in the same --models)")
+                        help="the CNF the student is distilled from (name it in --models before the student; a finished one "
+                             "is reused from results.json)")
     parser.add_argument("--test-events", type=int, default=0,
                         help="also validate every trained model on an independent truth of this many events")
     parser.add_argument("--quick", action="store_true", help="20k events, 3 + 2 epochs, baseline and asymmetric")
